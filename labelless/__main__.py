@@ -1,0 +1,5 @@
+import sys
+
+from labelless.cli import main
+
+sys.exit(main())

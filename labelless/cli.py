@@ -1,0 +1,277 @@
+"""`labelless` command line: a thin layer over the Python API with one vocabulary everywhere
+(`--dataset`, `--k`, `--device`, `--seed`, `--run-dir`, `--json`). Mistakes a user can fix end in one
+line on stderr and exit code 2, never a traceback."""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+from labelless.errors import UserError
+
+START = time.time()
+
+DATASET_HELP = ("dataset name: cifar10, mnist, digits (bundled, no download), cifar100, cifar20, stl10, svhn, "
+                "or folder:PATH for your own images")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def device_name(device: str) -> str:
+    import os
+
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"cpu: {_cpu_name()}, {os.cpu_count()} cores"
+
+
+def _add_data_options(p: argparse.ArgumentParser, split_help: str) -> None:
+    p.add_argument("--dataset", required=True, help=DATASET_HELP)
+    p.add_argument("--split", help=split_help)
+    p.add_argument("--data-root", help="where the dataset files are (default: $LABELLESS_DATA, else ../shared/data)")
+    p.add_argument("--labels-from-folders", action="store_true",
+                   help="folder:PATH only: take labels from the first-level subfolder names (evaluation only)")
+    p.add_argument("--image-size", type=int,
+                   help="folder:PATH only: resize to this side (short side + centre crop); default keeps equal "
+                        "sizes, else 64 px")
+
+
+def _folder_options(args: argparse.Namespace) -> dict:
+    if not args.dataset.startswith("folder:"):
+        return {}
+    return {"labels_from_folders": args.labels_from_folders, "image_size": args.image_size}
+
+
+def _print(result: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result))
+        return
+    width = max(len(k) for k in result)
+    for key, value in result.items():
+        shown = f"{value:.4f}" if isinstance(value, float) else value
+        print(f"{key:<{width}}  {shown}")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+# ------------------------------------------------------------------------------------------ commands
+def cmd_list(args: argparse.Namespace) -> int:
+    from labelless import registry
+
+    names = {"methods": registry.list_methods, "datasets": registry.list_datasets,
+             "backbones": registry.list_backbones, "augments": registry.list_augments}[args.what]()
+    print("\n".join(names))
+    return 0
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    from labelless.baselines import BASELINES, run_baseline
+    from labelless.data.sources import load_dataset
+
+    if args.name not in BASELINES:
+        raise UserError(f"unknown baseline '{args.name}': choose one of {', '.join(BASELINES)}")
+    options = _folder_options(args)
+    if args.dataset in ("digits",) or args.dataset.startswith("folder:"):
+        train, test, train_split = load_dataset(args.dataset, root=args.data_root, **options), None, "all"
+        if BASELINES[args.name].supervised:
+            raise UserError(f"'{args.name}' is supervised and needs a dataset with train and test splits")
+    else:
+        train = load_dataset(args.dataset, split="train", root=args.data_root)
+        test = load_dataset(args.dataset, split="test", root=args.data_root)
+        train_split = "train"
+    k = args.k or train.num_classes
+    if k is None:
+        raise UserError("the dataset has no labels: give --k")
+    out = run_baseline(args.name, train, test, k, subsample=args.subsample, seed=args.seed, train_split=train_split)
+    result = {**out.pop("metrics"), "n": out["n_scored"], "k": k, "split": out["split"], "dataset": args.dataset,
+              "seconds": time.time() - START, "method": f"baseline:{args.name}", "n_train": out["n"],
+              "pca_dims": out["pca_dims"], "labels_used_in_training": out["labels_used_in_training"]}
+    _print(result, args.json)
+    return 0
+
+
+def _run_result(run, metrics: dict, dataset: str) -> dict:
+    return {**{k: v for k, v in metrics.items() if k.isupper() or k in ("n", "k", "split", "dataset")},
+            "dataset": dataset, "seconds": time.time() - START, "train_seconds": run.seconds,
+            "method": "pipeline:" + "+".join(s.method["name"] for s in run.config.stages),
+            "labels_used_in_training": False, "device": device_name(str(run.device)),
+            "run_dir": str(run.run_dir)}
+
+
+def _train_and_evaluate(config, args: argparse.Namespace) -> int:
+    from labelless.data.sources import load_dataset
+    from labelless.pipeline import evaluate, train
+
+    store = load_dataset(config.dataset.name, split=config.dataset.split, root=config.dataset.root,
+                         **config.dataset.options)
+    run = train(config, args.run_dir, resume=getattr(args, "resume", False), progress=not args.json, store=store)
+    eval_split = config.dataset.eval_split or _default_eval_split(config.dataset.name)
+    if eval_split == (config.dataset.split or eval_split):
+        eval_store = store
+    else:
+        eval_store = load_dataset(config.dataset.name, split=eval_split, root=config.dataset.root)
+    metrics = evaluate(run, eval_store, eval_split, config.dataset.name)
+    _print(_run_result(run, metrics, config.dataset.name), args.json)
+    return 0
+
+
+def _default_eval_split(dataset: str) -> str:
+    return "all" if dataset == "digits" or dataset.startswith("folder:") else "test"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from labelless.config import load_config
+    from labelless.pipeline import default_config_path
+
+    dataset_key = "folder" if args.dataset.startswith("folder:") else args.dataset
+    overrides = [f"seed={args.seed}", f"device={args.device}"] + (args.set or [])
+    if args.k is not None:
+        overrides.append(f"k={args.k}")
+    config = load_config(default_config_path(dataset_key), overrides)
+    config.dataset.name = args.dataset
+    config.dataset.root = args.data_root or config.dataset.root
+    config.dataset.options.update({k: v for k, v in _folder_options(args).items() if v is not None})
+    if args.split:
+        config.dataset.eval_split = args.split
+    args.run_dir = args.run_dir or str(Path("runs") / f"{config.name}-seed{args.seed}")
+    return _train_and_evaluate(config, args)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from labelless.config import load_config
+
+    config = load_config(args.config, args.set or [])
+    args.run_dir = args.run_dir or str(Path("runs") / config.name)
+    return _train_and_evaluate(config, args)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from labelless.data.sources import load_dataset
+    from labelless.evaluate.metrics import cluster_metrics
+
+    path = Path(args.predictions)
+    if path.is_dir():
+        path = path / "predictions.csv"
+    if not path.is_file():
+        raise UserError(f"no predictions file at {path}")
+    index, clusters, probabilities = _read_predictions(path)
+    store = load_dataset(args.dataset, split=args.split, root=args.data_root, **_folder_options(args))
+    if store.labels is None:
+        raise UserError(f"dataset '{args.dataset}' has no labels to evaluate against")
+    if index.max(initial=-1) >= len(store) or index.min(initial=0) < 0:
+        raise UserError(f"{path}: index {int(index.max())} is outside the {len(store)} images of that split")
+    labels = store.labels.numpy()[index]
+    metrics = cluster_metrics(labels, clusters, probabilities, 0.9 if probabilities is not None else None)
+    k = probabilities.shape[1] if probabilities is not None else int(np.unique(clusters).size)
+    _print({**metrics, "n": len(index), "k": k, "split": args.split or _default_eval_split(args.dataset),
+            "dataset": args.dataset, "seconds": time.time() - START}, args.json)
+    return 0
+
+
+def _read_predictions(path: Path):
+    import csv
+
+    import numpy as np
+
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or rows[0][:2] != ["index", "cluster"]:
+        raise UserError(f"{path}: the first line must be 'index,cluster[,prob_0,...]'")
+    header, body = rows[0], rows[1:]
+    if not body:
+        raise UserError(f"{path}: no predictions")
+    try:
+        table = np.array([[float(v) for v in row] for row in body])
+    except ValueError as error:
+        raise UserError(f"{path}: not a number ({error})") from None
+    if table.shape[1] != len(header):
+        raise UserError(f"{path}: rows have {table.shape[1]} columns, the header {len(header)}")
+    probabilities = table[:, 2:] if len(header) > 2 else None
+    return table[:, 0].astype(np.int64), table[:, 1].astype(np.int64), probabilities
+
+
+# ------------------------------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="labelless", description="Unsupervised image classification: learn K classes with no labels.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="train the default pipeline on a dataset, evaluate, write the run directory",
+                       description="The one-shot job: train the dataset's default pipeline (configs/<dataset>/"
+                                   "default.yaml), score it when labels exist, write runs/<name>/.")
+    _add_data_options(p, "split to score (default: test where it exists, else all)")
+    p.add_argument("--k", type=_positive, help="number of clusters (default: the dataset's class count)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (GPU when present)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; report mean ± std over several")
+    p.add_argument("--run-dir", help="where to write the run (default: runs/<config name>-seed<seed>)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set stages.0.train.epochs=50 (repeatable)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (keys as in RESULTS.md) instead of a table")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("train", help="train a YAML config (a method or a pipeline of stages)")
+    p.add_argument("--config", required=True, help="YAML file, e.g. configs/digits/default.yaml")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
+    p.add_argument("--run-dir", help="where to write the run (default: runs/<config name>)")
+    p.add_argument("--resume", action="store_true", help="continue each stage from its checkpoint in --run-dir")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="score a predictions CSV (or a run directory) against a labelled dataset")
+    p.add_argument("predictions", help="predictions.csv with columns index,cluster[,prob_0..], or a run directory")
+    _add_data_options(p, "the split the CSV's index refers to (default: test, or all for digits/folders)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("baseline", help="classic reference: kmeans, pca-kmeans, pca-logreg, pca-svm, pca-rf, pca-knn",
+                       description="Unsupervised (kmeans, pca-kmeans) and supervised (pca-*: fitted on train with "
+                                   "labels, scored on test) references from the comparison study.")
+    p.add_argument("name", help="kmeans | pca-kmeans | pca-logreg | pca-svm | pca-rf | pca-knn")
+    _add_data_options(p, "ignored: supervised baselines fit train and score test; unsupervised score all")
+    p.add_argument("--k", type=_positive, help="clusters for kmeans (default: the class count)")
+    p.add_argument("--subsample", type=_positive, help="fit on a random N of the train images (SVM on 50k is slow)")
+    p.add_argument("--seed", type=int, default=0, help="random seed for subsampling and k-means")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.set_defaults(func=cmd_baseline)
+
+    p = sub.add_parser("list", help="list registered methods, datasets, backbones or augmentations")
+    p.add_argument("what", choices=["methods", "datasets", "backbones", "augments"])
+    p.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as error:
+        print(f"labelless: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("labelless: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

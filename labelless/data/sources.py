@@ -1,0 +1,134 @@
+"""Dataset sources → ImageStore. One function per source, looked up by name in `DATASETS`.
+
+`load_dataset("cifar10", split="test")` is the one entry point (the CLI's `--dataset NAME`):
+- `cifar10`, `mnist`: lossless `.npz` shards (`train_*.npz`, `test_*.npz` with `x`, `y`) under the data
+  root, or torchvision's own on-disk format when the root holds that instead;
+- `cifar100`, `cifar20`, `stl10`, `svhn`: torchvision's on-disk formats under the root (`download=True`
+  lets torchvision fetch them, for users with internet);
+- `digits`: scikit-learn's bundled 8×8 digits (needs no download; single split `all`);
+- `folder:PATH`: every image under PATH (see `labelless.data.folder`).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from labelless.data.stores import ImageStore, concat
+from labelless.errors import UserError
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+MNIST_CLASSES = [str(d) for d in range(10)]
+
+
+def default_data_root() -> Path:
+    """`$LABELLESS_DATA`, else the project's `../shared/data` (beside the checkout), else `./data`."""
+    env = os.environ.get("LABELLESS_DATA")
+    if env:
+        return Path(env)
+    beside_checkout = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+    if beside_checkout.is_dir():
+        return beside_checkout
+    return Path("data")
+
+
+def _npz_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray] | None:
+    files = sorted(folder.glob(f"{split}_*.npz"))
+    if not files:
+        return None
+    parts = [np.load(f) for f in files]
+    return np.concatenate([p["x"] for p in parts]), np.concatenate([p["y"] for p in parts])
+
+
+def _as_store(x: np.ndarray, y: np.ndarray | None, class_names: list[str] | None, source: str) -> ImageStore:
+    if x.ndim == 3:  # gray N×H×W → N×H×W×1
+        x = x[..., None]
+    labels = torch.from_numpy(np.asarray(y, dtype=np.int64)) if y is not None else None
+    return ImageStore(torch.from_numpy(np.ascontiguousarray(x, dtype=np.uint8)), labels, class_names, source)
+
+
+def _splits(split: str, available: tuple[str, ...]) -> list[str]:
+    if split == "all":
+        return list(available)
+    if split not in available:
+        raise UserError(f"split '{split}' does not exist here: choose one of {', '.join(available + ('all',))}")
+    return [split]
+
+
+def _npz_or_torchvision(name: str, class_names: list[str], torchvision_reader: Callable) -> Callable:
+    def load(split: str = "train", root: str | Path | None = None, download: bool = False, **_) -> ImageStore:
+        base = Path(root) if root else default_data_root()
+        folder = base / name if (base / name).is_dir() else base
+        stores = []
+        for s in _splits(split, ("train", "test")):
+            found = _npz_split(folder, s)
+            if found is not None:
+                stores.append(_as_store(*found, class_names, f"{name} {s} ({folder})"))
+            else:
+                stores.append(torchvision_reader(base, s, download))
+        return stores[0] if len(stores) == 1 else concat(stores, f"{name} {split} ({folder})")
+
+    return load
+
+
+def load_digits_store(split: str = "all", **_) -> ImageStore:
+    """scikit-learn's digits: 1,797 8×8 images with 17 gray levels (0..16), scaled to 0..255."""
+    from sklearn.datasets import load_digits
+
+    if split != "all":
+        raise UserError(f"digits has the single split 'all', not '{split}'")
+    d = load_digits()
+    x = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)
+    return _as_store(x, d.target, MNIST_CLASSES, "scikit-learn digits (8×8)")
+
+
+def _lazy(module: str, function: str) -> Callable:
+    def call(*args, **kwargs):
+        import importlib
+
+        return getattr(importlib.import_module(module), function)(*args, **kwargs)
+
+    return call
+
+
+def _torchvision_only(name: str) -> Callable:
+    reader = _lazy("labelless.data.formats", f"read_{name}")
+
+    def load(split: str = "train", root: str | Path | None = None, download: bool = False, **_) -> ImageStore:
+        return reader(Path(root) if root else default_data_root(), split, download)
+
+    return load
+
+
+DATASETS: dict[str, Callable[..., ImageStore]] = {
+    "cifar10": _npz_or_torchvision("cifar10", CIFAR10_CLASSES, _lazy("labelless.data.formats", "read_cifar10")),
+    "mnist": _npz_or_torchvision("mnist", MNIST_CLASSES, _lazy("labelless.data.formats", "read_mnist")),
+    "cifar100": _torchvision_only("cifar100"),
+    "cifar20": _torchvision_only("cifar20"),
+    "stl10": _torchvision_only("stl10"),
+    "svhn": _torchvision_only("svhn"),
+    "digits": load_digits_store,
+}
+
+DEFAULT_SPLIT = {"digits": "all", "folder": "all"}
+
+
+def load_dataset(name: str, split: str | None = None, root: str | Path | None = None, download: bool = False,
+                 **options) -> ImageStore:
+    """Load a dataset by its CLI name into an ImageStore (labels, where present, for evaluation only).
+
+    `split` defaults to `train` (`all` for `digits` and folders). `folder:PATH` accepts the folder
+    reader's options (`image_size`, `labels_from_folders`).
+    """
+    if name.startswith("folder:"):
+        from labelless.data.folder import read_folder
+
+        if split not in (None, "all"):
+            raise UserError("a folder has the single split 'all'")
+        return read_folder(name[len("folder:"):], **options)
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset '{name}': choose one of {', '.join(list(DATASETS) + ['folder:PATH'])}")
+    return DATASETS[name](split=split or DEFAULT_SPLIT.get(name, "train"), root=root, download=download, **options)

@@ -1,0 +1,87 @@
+"""The thin interface between the Trainer and a method (see DESIGN.md).
+
+A method is an `nn.Module` that owns its networks, losses and state (memory banks, pseudo-labels,
+neighbours). The Trainer only calls the five methods below; everything a method shares with another
+lives in `labelless.losses` or `labelless.nn` as functions, not in this base class.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from labelless.data.stores import ImageStore
+
+
+@dataclass
+class Batch:
+    images: Tensor  # N×C×H×W float in [0, 1], on the training device, not yet augmented
+    indices: Tensor  # N int64: the rows of the store (memory banks and pseudo-labels are indexed by these)
+    labels: Tensor | None = None  # only in weakly-supervised mode; −1 marks an unlabelled row
+
+
+@dataclass
+class EpochContext:
+    """What a method may look at between epochs: the (unlabelled) store, the schedule, the run dir."""
+
+    epoch: int
+    epochs: int
+    store: ImageStore  # labels stripped: a method never sees them
+    device: torch.device
+    batch_size: int = 512
+    run_dir: Path | None = None
+    logs: dict[str, float] = field(default_factory=dict)  # a method may add epoch-level diagnostics
+
+    def batches(self, batch_size: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+        """Every row once, in order, as (indices, float images) — for feature passes over the dataset."""
+        size = batch_size or self.batch_size
+        for start in range(0, len(self.store), size):
+            index = torch.arange(start, min(start + size, len(self.store)), device=self.store.device)
+            yield index, self.store.batch(index).to(self.device, non_blocking=True)
+
+
+class Method(nn.Module):
+    """Base of every method. Subclasses set `name` and implement `training_step` and `embed`."""
+
+    name: ClassVar[str]
+
+    def training_step(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        """Loss to minimise for one batch, and scalar logs."""
+        raise NotImplementedError
+
+    def on_epoch_start(self, epoch: int, ctx: EpochContext) -> None:
+        """Refresh pseudo-labels, neighbours or curriculum rounds. Default: nothing."""
+
+    def embed(self, images: Tensor) -> Tensor:
+        """Features for kNN, probes and maps: N×D."""
+        raise NotImplementedError
+
+    def cluster_logits(self, images: Tensor) -> Tensor | None:
+        """N×K logits of the chosen head, or None for pure embedding methods."""
+        return None
+
+    def head_logits(self, images: Tensor) -> list[Tensor] | None:
+        """N×K logits of every head (multi-head methods), for the report. Default: the chosen head only."""
+        logits = self.cluster_logits(images)
+        return None if logits is None else [logits]
+
+    def state_for_checkpoint(self) -> dict:
+        """Non-parameter state to checkpoint (python values); tensors belong in registered buffers."""
+        return {}
+
+    def load_state_from_checkpoint(self, state: dict) -> None:
+        """Inverse of `state_for_checkpoint`."""
+
+    def parameter_groups(self) -> list[dict]:
+        """Optimiser parameter groups; override for per-part learning rates."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
+
+@torch.no_grad()
+def predict_in_batches(fn, images: Tensor, batch_size: int = 1024) -> Tensor:
+    """Apply `fn` (embed / cluster_logits) over a large float image tensor without running out of memory."""
+    return torch.cat([fn(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])

@@ -1,0 +1,57 @@
+"""IIC: Invariant Information Clustering (Ji, Henriques, Vedaldi 2019).
+
+Maximise the mutual information between the cluster posteriors of two augmented views of each
+image (`labelless.losses.iic_loss`), with several sub-heads and an optional over-clustering head
+(K' > K clusters) that shapes the trunk. The K-way head with the lowest loss is the answer.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from labelless.data.augment import Augment
+from labelless.losses import iic_loss
+from labelless.methods.base import Batch, Method, predict_in_batches
+from labelless.nn.backbones import build_backbone
+from labelless.nn.heads import ClusterHeads, HeadSelector
+
+
+class IIC(Method):
+    name = "iic"
+
+    def __init__(self, *, k: int, in_channels: int, image_size: int, pretrained: Method | None = None,
+                 backbone: str = "resnet18", heads: int = 5, overcluster_k: int | None = None,
+                 augment: str = "simclr") -> None:
+        super().__init__()
+        self.backbone = build_backbone(backbone, in_channels=in_channels, image_size=image_size)
+        self.heads = ClusterHeads(self.backbone.num_features, k, heads)
+        self.overcluster = (ClusterHeads(self.backbone.num_features, overcluster_k, heads)
+                            if overcluster_k else None)
+        self.selector = HeadSelector(heads)
+        self.augment = Augment(augment, size=image_size, channels=in_channels)
+
+    def on_epoch_start(self, epoch, ctx) -> None:
+        self.selector.start_epoch()
+
+    def training_step(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        n = len(batch.indices)
+        features = self.backbone(torch.cat([self.augment(batch.images), self.augment(batch.images)]))
+        head_losses = torch.stack([iic_loss(logits[:n].float().softmax(1), logits[n:].float().softmax(1))
+                                   for logits in self.heads(features)])
+        self.selector.record(head_losses)
+        loss, logs = head_losses.mean(), {"mi": -head_losses[self.selector.chosen].detach()}
+        if self.overcluster is not None:
+            over = torch.stack([iic_loss(logits[:n].float().softmax(1), logits[n:].float().softmax(1))
+                                for logits in self.overcluster(features)]).mean()
+            loss, logs["overcluster_mi"] = loss + over, -over.detach()
+        return loss, logs
+
+    def embed(self, images: Tensor) -> Tensor:
+        return predict_in_batches(self.backbone, images)
+
+    def cluster_logits(self, images: Tensor) -> Tensor:
+        return predict_in_batches(lambda x: self.heads.heads[self.selector.chosen](self.backbone(x)), images)
+
+    def head_logits(self, images: Tensor) -> list[Tensor]:
+        features = self.embed(images)
+        return [head(features) for head in self.heads.heads]

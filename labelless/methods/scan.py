@@ -1,0 +1,111 @@
+"""SCAN clustering (Van Gansbeke et al., "SCAN: Learning to Classify Images without Labels", 2020).
+
+Each image is pulled towards the cluster posterior of one of its k nearest neighbours, mined once
+in a feature space, while an entropy term keeps all clusters in use (Eq. 2):
+    Λ = −(1/|D|) Σ_X Σ_{k∈N_X} log ⟨Φ(X), Φ(k)⟩ + λ Σ_c Φ'^c log Φ'^c,   λ = 5.
+Neighbours come from the previous stage's embedding (SCAN's pretext), or from pixel space when the
+run has no pretext stage (scikit-learn digits: 96% of the 10 pixel-space neighbours share the label).
+Several heads train together; the head with the lowest loss is the answer.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from labelless.data.augment import Augment
+from labelless.data.stores import ImageStore
+from labelless.evaluate.knn import knn_indices
+from labelless.losses import scan_loss
+from labelless.methods.base import Batch, EpochContext, Method, predict_in_batches
+from labelless.nn.backbones import build_backbone
+from labelless.nn.heads import ClusterHeads, HeadSelector
+
+
+def pixel_features(store: ImageStore, batch_size: int = 4096) -> Tensor:
+    """Flattened pixels centred on the dataset mean: with cosine similarity, the classic baseline space."""
+    flat = torch.cat([store.batch(torch.arange(i, min(i + batch_size, len(store)), device=store.device)).flatten(1)
+                      for i in range(0, len(store), batch_size)])
+    return flat - flat.mean(0)
+
+
+class SCAN(Method):
+    name = "scan"
+
+    def __init__(self, *, k: int, in_channels: int, image_size: int, pretrained: Method | None = None,
+                 backbone: str = "resnet18", heads: int = 5, num_neighbours: int = 20, entropy_weight: float = 5.0,
+                 augment: str = "simclr", neighbours_from: str = "auto", backbone_lr_scale: float = 1.0) -> None:
+        super().__init__()
+        if neighbours_from == "auto":
+            neighbours_from = "pretrained" if pretrained is not None else "pixels"
+        if neighbours_from not in ("pretrained", "pixels"):
+            raise ValueError(f"neighbours_from must be 'pretrained', 'pixels' or 'auto', not {neighbours_from!r}")
+        if neighbours_from == "pretrained" and pretrained is None:
+            raise ValueError("neighbours_from='pretrained' needs a previous stage")
+        self.neighbours_from, self.num_neighbours, self.entropy_weight = neighbours_from, num_neighbours, entropy_weight
+        self.backbone_lr_scale = backbone_lr_scale
+        # the pretext stage's trunk is fine-tuned (SCAN updates the backbone too); its embedding is kept
+        # only for mining and is not part of this model
+        self._pretrained = [pretrained] if pretrained is not None else []
+        self.backbone = (copy.deepcopy(pretrained.backbone) if pretrained is not None
+                         else build_backbone(backbone, in_channels=in_channels, image_size=image_size))
+        self.heads = ClusterHeads(self.backbone.num_features, k, heads)
+        self.selector = HeadSelector(heads)
+        self.augment = Augment(augment, size=image_size, channels=in_channels)
+        self.neighbour_indices: Tensor | None = None  # N×num_neighbours, mined at the first epoch
+        self._store: ImageStore | None = None
+
+    # ---------------------------------------------------------------- training
+    def on_epoch_start(self, epoch: int, ctx: EpochContext) -> None:
+        self._store = ctx.store
+        self.selector.start_epoch()
+        if self.neighbour_indices is None:
+            self.neighbour_indices = self.mine_neighbours(ctx)
+            if ctx.run_dir is not None:
+                (ctx.run_dir / "artefacts").mkdir(parents=True, exist_ok=True)
+                torch.save(self.neighbour_indices.cpu(), ctx.run_dir / "artefacts" / "neighbour_indices.pt")
+
+    @torch.no_grad()
+    def mine_neighbours(self, ctx: EpochContext) -> Tensor:
+        if self.neighbours_from == "pixels":
+            features = pixel_features(ctx.store)
+        else:
+            pretrained = self._pretrained[0].to(ctx.device).eval()
+            features = torch.cat([pretrained.embed(images).float() for _, images in ctx.batches()])
+        return knn_indices(features, self.num_neighbours).to(ctx.store.device)
+
+    def training_step(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        n = len(batch.indices)
+        pick = torch.randint(self.num_neighbours, (n,), device=batch.indices.device)
+        neighbours = self.neighbour_indices[batch.indices, pick]
+        images = torch.cat([self.augment(batch.images), self.augment(self._store.batch(neighbours).to(batch.images))])
+        logits = self.heads(self.backbone(images))
+        parts = [scan_loss(head[:n], head[n:], self.entropy_weight) for head in logits]
+        head_losses = torch.stack([total for total, _, _ in parts])
+        self.selector.record(head_losses)
+        best = self.selector.chosen
+        return head_losses.sum(), {"consistency": parts[best][1].detach(), "entropy": parts[best][2].detach()}
+
+    def parameter_groups(self) -> list[dict]:
+        return [{"params": list(self.backbone.parameters()), "lr_scale": self.backbone_lr_scale},
+                {"params": list(self.heads.parameters())}]
+
+    # ---------------------------------------------------------------- inference
+    def embed(self, images: Tensor) -> Tensor:
+        return predict_in_batches(self.backbone, images)
+
+    def cluster_logits(self, images: Tensor) -> Tensor:
+        return predict_in_batches(lambda x: self.heads.heads[self.selector.chosen](self.backbone(x)), images)
+
+    def head_logits(self, images: Tensor) -> list[Tensor]:
+        features = self.embed(images)
+        return [head(features) for head in self.heads.heads]
+
+    def state_for_checkpoint(self) -> dict:
+        return {"neighbour_indices": None if self.neighbour_indices is None else self.neighbour_indices.cpu()}
+
+    def load_state_from_checkpoint(self, state: dict) -> None:
+        found = state.get("neighbour_indices")
+        self.neighbour_indices = None if found is None else found.to(self.heads.heads[0].weight.device)

@@ -1,0 +1,49 @@
+"""Self-labelling (SCAN, Van Gansbeke et al. 2020, §2.3): fine-tune a clustering network on its own
+confident predictions.
+
+For each image, the weakly augmented view's prediction is the pseudo-label where its probability
+exceeds a threshold (0.99); a strongly augmented view is trained with class-balanced cross-entropy
+to it. It starts from the previous stage's backbone and its loss-chosen head, so it fixes the
+mistakes of the clustering step that are inconsistent with the confident majority.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+
+from labelless.data.augment import Augment
+from labelless.losses import confident_self_label_loss
+from labelless.methods.base import Batch, Method, predict_in_batches
+
+
+class SelfLabel(Method):
+    name = "selflabel"
+
+    def __init__(self, *, k: int, in_channels: int, image_size: int, pretrained: Method | None = None,
+                 threshold: float = 0.99, weak_augment: str = "weak", strong_augment: str = "strong",
+                 balance: bool = True) -> None:
+        super().__init__()
+        if pretrained is None or not hasattr(pretrained, "heads"):
+            raise ValueError("selflabel needs a previous clustering stage with cluster heads (e.g. scan)")
+        self.backbone = copy.deepcopy(pretrained.backbone)
+        self.head: nn.Linear = copy.deepcopy(pretrained.heads.heads[pretrained.selector.chosen])
+        self.threshold, self.balance = threshold, balance
+        self.weak = Augment(weak_augment, size=image_size, channels=in_channels)
+        self.strong = Augment(strong_augment, size=image_size, channels=in_channels)
+
+    def _logits(self, images: Tensor) -> Tensor:
+        return self.head(self.backbone(images))
+
+    def training_step(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        n = len(batch.indices)
+        logits = self._logits(torch.cat([self.weak(batch.images), self.strong(batch.images)]))
+        loss, mask = confident_self_label_loss(logits[:n], logits[n:], self.threshold, self.balance)
+        return loss, {"confident_fraction": mask.float().mean().detach()}
+
+    def embed(self, images: Tensor) -> Tensor:
+        return predict_in_batches(self.backbone, images)
+
+    def cluster_logits(self, images: Tensor) -> Tensor:
+        return predict_in_batches(self._logits, images)

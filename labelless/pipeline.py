@@ -1,0 +1,157 @@
+"""Runs a config end to end: load the data, train each stage in order (each hands its trained method
+to the next as `pretrained`), evaluate on the split the config names, write the run directory.
+
+Run directory: `config.yaml` (resolved), `metrics.jsonl` (training), `tb/`, `checkpoints/`,
+`artefacts/` (e.g. mined neighbours), `model.safetensors` (the final stage), `predictions.csv`,
+`metrics.json` (the evaluation, when labels exist).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from labelless.config import RunConfig, save_config
+from labelless.data.sources import load_dataset
+from labelless.data.stores import ImageStore, to_float
+from labelless.errors import UserError
+from labelless.evaluate.metrics import cluster_metrics
+from labelless.methods.base import Method
+from labelless.registry import METHODS, NEEDS_PREVIOUS_STAGE
+from labelless.train import Trainer, export_weights, resolve_device
+
+PROJECT_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@dataclass
+class Run:
+    """A trained pipeline: its final method, where it lives, and how to use it on new images."""
+
+    config: RunConfig
+    run_dir: Path
+    method: Method
+    k: int
+    image_size: tuple[int, int]
+    channels: int
+    seconds: float = 0.0
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.method.parameters()).device
+
+    def _float(self, images: Tensor) -> Tensor:
+        if images.dtype == torch.uint8:  # N×H×W×C as an ImageStore holds them
+            images = to_float(images)
+        return images.to(self.device)
+
+    @torch.no_grad()
+    def probabilities(self, images: Tensor) -> Tensor:
+        """N×K cluster probabilities of the chosen head."""
+        self.method.eval()
+        logits = self.method.cluster_logits(self._float(images))
+        if logits is None:
+            raise UserError(f"method '{self.method.name}' learns an embedding, not clusters")
+        return logits.float().softmax(1).cpu()
+
+    def predict(self, images: Tensor) -> Tensor:
+        """N cluster ids."""
+        return self.probabilities(images).argmax(1)
+
+    @torch.no_grad()
+    def embed(self, images: Tensor) -> Tensor:
+        self.method.eval()
+        return self.method.embed(self._float(images)).float().cpu()
+
+
+def build_method(name: str, params: dict, *, k: int, store: ImageStore, previous: Method | None,
+                 where: str) -> Method:
+    if name not in METHODS:
+        raise UserError(f"{where}: unknown method '{name}': choose one of {', '.join(sorted(METHODS))}")
+    if name in NEEDS_PREVIOUS_STAGE and previous is None:
+        raise UserError(f"{where}: method '{name}' continues a previous stage and cannot come first")
+    try:
+        return METHODS[name](k=k, in_channels=store.channels, image_size=store.image_size[0], pretrained=previous,
+                             **params)
+    except TypeError as error:  # an unknown or missing constructor parameter in the config
+        raise UserError(f"{where}: {error}") from None
+
+
+def resolve_k(config: RunConfig, store: ImageStore) -> int:
+    k = config.k or store.num_classes
+    if k is None:
+        raise UserError("the dataset has no labels to count classes: give the number of clusters with --k")
+    if k < 2:
+        raise UserError(f"--k must be at least 2, got {k}")
+    if k >= len(store):
+        raise UserError(f"--k {k} is not smaller than the number of images ({len(store)})")
+    return k
+
+
+def train(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool = False, progress: bool = True,
+          store: ImageStore | None = None) -> Run:
+    """Train every stage of `config` in order; returns the Run (final method, evaluated later)."""
+    start = time.time()
+    run_dir = Path(run_dir or Path("runs") / config.name)
+    if store is None:
+        store = load_dataset(config.dataset.name, split=config.dataset.split, root=config.dataset.root,
+                             **config.dataset.options)
+    k = resolve_k(config, store)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, run_dir / "config.yaml")
+    if store.skipped:
+        (run_dir / "skipped_files.txt").write_text("".join(f"{path}\t{reason}\n" for path, reason in store.skipped))
+    torch.manual_seed(config.seed)
+    device = resolve_device(config.device)
+    previous: Method | None = None
+    for stage in config.stages:
+        params = dict(stage.method)
+        method = build_method(params.pop("name"), params, k=k, store=store, previous=previous,
+                              where=f"stage '{stage.name}'")
+        trainer = Trainer(stage, store, run_dir, device, seed=config.seed, progress=progress)
+        previous = trainer.fit(method, resume=resume)
+    export_weights(previous, run_dir / "model.safetensors", {"method": previous.name, "k": str(k)})
+    return Run(config, run_dir, previous, k, store.image_size, store.channels, seconds=time.time() - start)
+
+
+def evaluate(run: Run, store: ImageStore, split: str, dataset: str) -> dict:
+    """Predict every image of `store`, write `predictions.csv`, and score it when labels exist.
+
+    Labels are read here and only here, after training; the chosen head was chosen by loss."""
+    start = time.time()
+    probabilities = run.probabilities(store.images)
+    predictions = probabilities.argmax(1)
+    write_predictions(run.run_dir / "predictions.csv", predictions, probabilities)
+    result: dict = {"dataset": dataset, "split": split, "n": len(store), "k": run.k}
+    if store.labels is not None:
+        result.update(cluster_metrics(store.labels.cpu().numpy(), predictions.numpy(), probabilities.numpy()))
+        heads = run.method.head_logits(run._float(store.images))
+        if heads is not None and len(heads) > 1:  # evaluation-only diagnostic: how lucky was the loss's choice
+            result["ACC_PER_HEAD"] = [round(cluster_metrics(store.labels.cpu().numpy(),
+                                                            h.argmax(1).cpu().numpy())["ACC"], 4) for h in heads]
+    result["eval_seconds"] = time.time() - start
+    (run.run_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def write_predictions(path: Path, predictions: Tensor, probabilities: Tensor | None = None) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        k = probabilities.shape[1] if probabilities is not None else 0
+        writer.writerow(["index", "cluster"] + [f"prob_{c}" for c in range(k)])
+        for i, cluster in enumerate(predictions.tolist()):
+            row = [i, cluster]
+            if probabilities is not None:
+                row += [f"{p:.5f}" for p in probabilities[i].tolist()]
+            writer.writerow(row)
+
+
+def default_config_path(dataset: str) -> Path:
+    """The default pipeline for a dataset: `configs/<dataset>/default.yaml`, else `configs/default.yaml`."""
+    specific = PROJECT_CONFIGS / dataset / "default.yaml"
+    return specific if specific.is_file() else PROJECT_CONFIGS / "default.yaml"

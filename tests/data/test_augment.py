@@ -1,0 +1,274 @@
+"""Batched augmentation: per-sample randomness, reproducibility, exactness, and torchvision semantics."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
+
+from labelless.data import augment as A
+from labelless.errors import UserError
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def same_images(n: int = 8, channels: int = 3, size: int = 16) -> torch.Tensor:
+    """n copies of one random image: any difference between outputs comes from per-sample parameters."""
+    return torch.rand(1, channels, size, size, generator=gen(123)).expand(n, -1, -1, -1).contiguous()
+
+
+def mostly_distinct(y: torch.Tensor) -> bool:
+    """At least 2/3 of the samples differ from each other (discrete ops may collide by chance)."""
+    return torch.unique(y.flatten(1), dim=0).shape[0] >= 2 * len(y) / 3
+
+
+RANDOM_OPS = {
+    "random_resized_crop_flip": lambda x, g: A.random_resized_crop_flip(x, 12, g=g),
+    "random_crop_with_padding": lambda x, g: A.random_crop_with_padding(x, 4, g=g),
+    "color_jitter": lambda x, g: A.color_jitter(x, p=1.0, g=g),
+    "gaussian_blur": lambda x, g: A.gaussian_blur(x, p=1.0, g=g),
+    "random_affine": lambda x, g: A.random_affine(x, g=g),
+    "cutout": lambda x, g: A.cutout(x, 6, g=g),
+    "rand_augment": lambda x, g: A.rand_augment(x, num_ops=3, g=g),
+}
+
+
+@pytest.mark.parametrize("name", RANDOM_OPS)
+def test_parameters_differ_per_sample(name: str) -> None:
+    y = RANDOM_OPS[name](same_images(6), gen(1))
+    assert mostly_distinct(y)
+
+
+@pytest.mark.parametrize("recipe", [r + s for r in A.list_augments() for s in ("", "+sobel")])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_recipes_shapes_ranges_and_seeds(recipe: str, channels: int) -> None:
+    aug = A.Augment(recipe, size=12, channels=channels)
+    x = torch.rand(6, channels, 16, 16, generator=gen(5))
+    y = aug(x, gen(7))
+    assert y.shape == (6, aug.out_channels, 12, 12) and y.dtype == torch.float32
+    assert aug.out_channels == (2 if recipe.endswith("+sobel") else channels)
+    assert torch.isfinite(y).all()
+    if not recipe.endswith("+sobel"):
+        assert y.min() >= 0 and y.max() <= 1
+    assert torch.equal(y, aug(x, gen(7)))
+    if not recipe.startswith("none"):
+        assert not torch.equal(y, aug(x, gen(8)))
+        assert mostly_distinct(aug(same_images(4, channels, 16), gen(9)))
+
+
+def test_recipe_size_defaults_to_input_and_normalises() -> None:
+    x = torch.rand(3, 3, 10, 10, generator=gen())
+    assert A.Augment("simclr")(x, gen()).shape == x.shape
+    y = A.Augment("none", mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))(x)
+    assert torch.allclose(y, (x - 0.5) / 0.25)
+
+
+def test_recipe_errors() -> None:
+    with pytest.raises(UserError):
+        A.Augment("fancy")
+    with pytest.raises(UserError):
+        A.Augment("simclr+edges")
+    with pytest.raises(ValueError):
+        A.Augment("weak", channels=3)(torch.rand(2, 1, 8, 8))
+    with pytest.raises(UserError, match="scale"):
+        A.Augment("weak", scale=(0.5, 1.0))
+    full_view = A.Augment("simclr", scale=(1.0, 1.0), jitter_p=0.0, grayscale_p=0.0)  # options reach the builder
+    x = torch.rand(4, 3, 8, 8, generator=gen())
+    assert all(torch.allclose(y, x[i]) or torch.allclose(y, x[i].flip(-1)) for i, y in enumerate(full_view(x, gen())))
+    assert {"weak", "simclr", "strong", "rotnet", "affine", "none"} <= set(A.list_augments())
+
+
+def test_flip_twice_is_identity_and_rotations_cycle() -> None:
+    x = torch.rand(5, 3, 7, 9, generator=gen())
+    mask = torch.tensor([True, False, True, True, False])
+    flipped = A.hflip(x, mask)
+    assert torch.equal(flipped[1], x[1]) and torch.equal(flipped[0], x[0].flip(-1))
+    assert torch.equal(A.hflip(flipped, mask), x)
+    square = x[..., :7]
+    y = square
+    for _ in range(4):
+        y = A.rotate90(y, 1)
+    assert torch.equal(y, square)
+
+
+def test_rotnet_batch() -> None:
+    x = torch.rand(3, 1, 5, 5, generator=gen())
+    rotations, labels = A.rotnet_batch(x)
+    assert rotations.shape == (12, 1, 5, 5)
+    assert labels.tolist() == [0] * 3 + [1] * 3 + [2] * 3 + [3] * 3
+    for k in range(4):
+        assert torch.equal(rotations[3 * k: 3 * k + 3], torch.rot90(x, k, (2, 3)))
+
+
+def test_sobel() -> None:
+    constant = torch.full((2, 3, 6, 6), 0.7)
+    assert torch.equal(A.sobel(constant), torch.zeros(2, 2, 6, 6))
+    edge = torch.zeros(1, 1, 6, 6)
+    edge[..., 3:] = 1.0  # a vertical edge: intensity changes along x only
+    gradients = A.sobel(edge)
+    assert torch.equal(gradients[:, 1], torch.zeros(1, 6, 6))
+    assert (gradients[:, 0, :, 2:4] > 0).all() and (gradients[:, 0, :, :2] == 0).all()
+
+
+@pytest.mark.parametrize("height, width, scale, ratio", [
+    (32, 32, (0.08, 1.0), (3 / 4, 4 / 3)),
+    (20, 40, (0.2, 1.0), (3 / 4, 4 / 3)),
+    (16, 16, (0.9, 1.0), (4.0, 5.0)),  # never fits: the centre-crop fallback
+])
+def test_crop_boxes_stay_inside(height: int, width: int, scale: tuple[float, float],
+                                ratio: tuple[float, float]) -> None:
+    top, left, h, w = A.sample_crop_boxes(2000, height, width, scale, ratio, gen()).unbind(1)
+    assert (top >= 0).all() and (left >= 0).all() and (h >= 1).all() and (w >= 1).all()
+    assert (top + h <= height).all() and (left + w <= width).all()
+    if scale[0] < 0.5:  # boxes vary in area and place
+        assert len(set((h * w).tolist())) > 50 and len(set(left.tolist())) > 5
+
+
+def test_resized_crop_matches_interpolate_of_the_crop() -> None:
+    x = torch.rand(2, 3, 16, 20, generator=gen())
+    boxes = torch.tensor([[2, 3, 9, 11], [0, 0, 16, 20]])
+    y = A.resized_crop(x, boxes, (12, 12), flip=torch.tensor([False, True]))
+    expected0 = F.interpolate(x[:1, :, 2:11, 3:14], size=(12, 12), mode="bilinear", align_corners=False)
+    expected1 = F.interpolate(x[1:], size=(12, 12), mode="bilinear", align_corners=False).flip(-1)
+    assert torch.allclose(y[:1], expected0, atol=1e-5) and torch.allclose(y[1:], expected1, atol=1e-5)
+
+
+def test_full_box_crop_flipped_twice_is_identity() -> None:
+    x = torch.rand(3, 3, 8, 8, generator=gen())
+    y = A.random_resized_crop_flip(x, 8, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=1.0, g=gen(1))
+    assert torch.allclose(y, x.flip(-1), atol=1e-5)
+    back = A.random_resized_crop_flip(y, 8, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=1.0, g=gen(2))
+    assert torch.allclose(back, x, atol=1e-5)
+
+
+def test_padded_crop_is_an_exact_integer_shift() -> None:
+    padding, n, size = 2, 32, 6
+    x = (torch.arange(size * size, dtype=torch.float32) + 1).view(1, 1, size, size).expand(n, 1, size, size)
+    y = A.random_crop_with_padding(x, padding, padding_mode="constant", g=gen())
+    padded = F.pad(x[:1], (padding,) * 4)
+    candidates = {
+        (dy, dx, flip): padded[0, 0, dy: dy + size, dx: dx + size].flip(-1) if flip
+        else padded[0, 0, dy: dy + size, dx: dx + size]
+        for dy in range(2 * padding + 1) for dx in range(2 * padding + 1) for flip in (False, True)
+    }
+    found = [next(k for k, c in candidates.items() if torch.equal(c, y[i, 0])) for i in range(n)]
+    assert len(set(found)) > 8  # shifts and flips vary per sample
+
+
+def test_padded_crop_reflect_keeps_values() -> None:
+    x = torch.rand(4, 3, 8, 8, generator=gen())
+    y = A.random_crop_with_padding(x, 3, padding_mode="reflect", g=gen())
+    for i in range(4):
+        assert set(y[i].flatten().tolist()) <= set(x[i].flatten().tolist())
+
+
+def test_jitter_with_zero_strength_is_identity() -> None:
+    x = torch.rand(6, 3, 8, 8, generator=gen())
+    assert torch.equal(A.color_jitter(x, 0.0, 0.0, 0.0, 0.0, p=1.0, g=gen()), x)
+    gray = x[:, :1]
+    assert torch.equal(A.color_jitter(gray, 0.0, 0.0, 0.4, 0.1, p=1.0, g=gen()), gray)  # one channel: no sat/hue
+
+
+def test_jitter_matches_torchvision_in_a_per_sample_order() -> None:
+    """Fixed factors (brightness 1.3, contrast 0.6): each sample equals torchvision's result in one of
+    the two orders, and identical inputs get both orders within one batch."""
+    x = same_images(24, 3, 8)
+    y = A.color_jitter(x, brightness=(1.3, 1.3), contrast=(0.6, 0.6), saturation=0.0, hue=0.0, p=1.0, g=gen())
+    brightness_first = TF.adjust_contrast(TF.adjust_brightness(x[:1], 1.3), 0.6)
+    contrast_first = TF.adjust_brightness(TF.adjust_contrast(x[:1], 0.6), 1.3)
+    assert not torch.allclose(brightness_first, contrast_first, atol=1e-3)
+    matches_b = torch.isclose(y, brightness_first, atol=1e-5).flatten(1).all(1)
+    matches_c = torch.isclose(y, contrast_first, atol=1e-5).flatten(1).all(1)
+    assert (matches_b | matches_c).all() and matches_b.any() and matches_c.any()
+
+
+def test_jitter_saturation_matches_torchvision() -> None:
+    x = torch.rand(2, 3, 8, 8, generator=gen())
+    y = A.color_jitter(x, 0.0, 0.0, (0.3, 0.3), 0.0, p=1.0, g=gen())
+    assert torch.allclose(y, TF.adjust_saturation(x, 0.3), atol=1e-5)
+
+
+def test_hue_turns_red_towards_yellow_and_keeps_luma() -> None:
+    red = torch.tensor([0.6, 0.2, 0.2]).view(1, 3, 1, 1).expand(1, 3, 4, 4)
+    y = A.color_jitter(red, 0.0, 0.0, 0.0, (0.05, 0.05), p=1.0, g=gen())
+    assert y[0, 1, 0, 0] > red[0, 1, 0, 0] and y[0, 2, 0, 0] < red[0, 2, 0, 0]  # as torchvision's adjust_hue
+    luma = torch.tensor([0.299, 0.587, 0.114])
+    assert torch.allclose((y[0, :, 0, 0] * luma).sum(), (red[0, :, 0, 0] * luma).sum(), atol=1e-5)
+
+
+def test_random_grayscale() -> None:
+    x = torch.rand(64, 3, 4, 4, generator=gen())
+    y = A.random_grayscale(x, 0.5, gen())
+    gray = (y[:, 0] == y[:, 1]).flatten(1).all(1) & (y[:, 1] == y[:, 2]).flatten(1).all(1)
+    assert 10 < gray.sum() < 54
+    assert torch.equal(y[~gray], x[~gray])
+    assert torch.allclose(y[gray, :1], TF.rgb_to_grayscale(x[gray]), atol=1e-6)
+
+
+def test_gaussian_blur() -> None:
+    x = torch.rand(4, 3, 12, 12, generator=gen())
+    assert torch.allclose(A.gaussian_blur(x, p=0.0, g=gen()), x, atol=1e-6)
+    blurred = A.gaussian_blur(x, sigma=(1.0, 1.0), p=1.0, kernel_size=5, g=gen())
+    assert torch.allclose(blurred, TF.gaussian_blur(x, [5, 5], [1.0, 1.0]), atol=1e-5)
+
+
+def test_random_affine_identity_and_rotation_convention() -> None:
+    x = torch.rand(3, 1, 9, 9, generator=gen())
+    same = A.random_affine(x, degrees=0.0, translate=0.0, scale=(1.0, 1.0), g=gen())
+    assert torch.allclose(same, x, atol=1e-5)
+    quarter = torch.full((3,), math.pi / 2)
+    theta = A._affine_theta(quarter, torch.zeros(3, 2), torch.ones(3), torch.zeros(3, 2), 9, 9)
+    assert torch.allclose(A._warp(x, theta, 0.0), torch.rot90(x, 1, (2, 3)), atol=1e-5)  # counter-clockwise
+
+
+def test_cutout() -> None:
+    y = A.cutout(torch.zeros(16, 1, 12, 12), 4, fill=1.0, g=gen())
+    counts = y.flatten(1).sum(1)
+    assert (counts >= 1).all() and (counts <= 16).all() and (counts == 16).any()
+
+
+def test_mixup_weights() -> None:
+    x = torch.rand(32, 3, 4, 4, generator=gen())
+    mixed, perm, lam = A.mixup(x, 0.3, gen())
+    assert sorted(perm.tolist()) == list(range(32))
+    assert ((lam >= 0) & (lam <= 1)).all() and lam.unique().numel() == 32
+    assert torch.allclose(mixed, lam.view(-1, 1, 1, 1) * x + (1 - lam.view(-1, 1, 1, 1)) * x[perm])
+
+
+def test_ricap_weights_match_the_tiles() -> None:
+    n, size = 16, 8
+    x = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 3, size, size).contiguous()
+    mixed, perms, weights = A.ricap(x, 0.3, gen())
+    assert perms.shape == (4, n) and weights.shape == (n, 4)
+    assert torch.allclose(weights.sum(1), torch.ones(n)) and (weights >= 0).all()
+    for k in range(n):  # the share of each source image equals its tiles' weights
+        share = (mixed[:, 0] == k).flatten(1).float().mean(1)
+        assert torch.allclose(share, (weights * (perms.t() == k)).sum(1), atol=1e-6)
+
+
+def test_beta_sampler_moments() -> None:
+    for a, b in ((0.3, 0.3), (2.0, 5.0)):
+        s = A.sample_beta((20000,), a, b, gen())
+        assert ((s >= 0) & (s <= 1)).all()
+        assert abs(s.mean() - a / (a + b)) < 0.01
+        assert abs(s.var() - a * b / ((a + b) ** 2 * (a + b + 1))) < 0.01
+
+
+def test_randaugment_ops_match_torchvision() -> None:
+    levels = torch.randint(0, 256, (4, 3, 10, 10), generator=gen(), dtype=torch.uint8)
+    x = levels.float() / 255
+    assert torch.equal(A.equalize(x) * 255, TF.equalize(levels).float())
+    assert torch.allclose(A.autocontrast(x), TF.autocontrast(x), atol=1e-6)
+    bits = torch.tensor([4, 5, 6, 8])
+    posterized = torch.cat([TF.posterize(levels[i: i + 1], int(bits[i])) for i in range(4)]).float() / 255
+    assert torch.allclose(A.posterize(x, bits), posterized, atol=1e-6)
+    factor = torch.tensor([0.1, 0.5, 1.0, 1.9])
+    sharpened = torch.cat([TF.adjust_sharpness(x[i: i + 1], float(factor[i])) for i in range(4)])
+    assert torch.allclose(A.adjust_sharpness(x, factor), sharpened, atol=1e-5)
+    threshold = torch.tensor([0.2, 0.5, 0.9, 1.0])
+    solarized = torch.cat([TF.solarize(x[i: i + 1], float(threshold[i])) for i in range(4)])
+    assert torch.equal(A.solarize(x, threshold), solarized)
