@@ -117,14 +117,16 @@ def _run_result(run, metrics: dict, dataset: str) -> dict:
 
 
 def _train_and_evaluate(config, args: argparse.Namespace) -> int:
-    from labelless.data.sources import load_dataset
+    from labelless.data.sources import DEFAULT_SPLIT, load_dataset
     from labelless.pipeline import evaluate, train
 
     store = load_dataset(config.dataset.name, split=config.dataset.split, root=config.dataset.root,
                          **config.dataset.options)
     run = train(config, args.run_dir, resume=getattr(args, "resume", False), progress=not args.json, store=store)
     eval_split = config.dataset.eval_split or _default_eval_split(config.dataset.name)
-    if eval_split == (config.dataset.split or eval_split):
+    train_split = config.dataset.split or ("all" if config.dataset.name.startswith("folder:")
+                                           else DEFAULT_SPLIT.get(config.dataset.name, "train"))
+    if eval_split == train_split:
         eval_store = store
     else:
         eval_store = load_dataset(config.dataset.name, split=eval_split, root=config.dataset.root)
@@ -255,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_baseline)
 
     p = sub.add_parser("list", help="list registered methods, datasets, backbones or augmentations")
-    p.add_argument("what", choices=["methods", "datasets", "backbones", "augments"])
+    p.add_argument("what", choices=["methods", "datasets", "backbones", "augments"], help="which registry to list")
     p.set_defaults(func=cmd_list)
     return parser
 

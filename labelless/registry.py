@@ -5,12 +5,22 @@ from __future__ import annotations
 from labelless.data.augment import AUGMENTS, list_augments
 from labelless.data.sources import DATASETS
 from labelless.methods.base import Method
+from labelless.methods.deepcluster import DeepCluster
+from labelless.methods.entropy_margin import EntropyMargin
 from labelless.methods.iic import IIC
+from labelless.methods.lsd_c import LSDC
+from labelless.methods.pseudo_label import PseudoLabel
+from labelless.methods.rotnet import RotNet
 from labelless.methods.scan import SCAN
 from labelless.methods.selflabel import SelfLabel
+from labelless.methods.simclr import SimCLR
+from labelless.methods.super_and import SuperAND
+from labelless.methods.supervised import Supervised
+from labelless.methods.two_stage import TwoStageUC
 from labelless.nn.backbones import BACKBONES, list_backbones
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (SCAN, SelfLabel, IIC)}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (SimCLR, SCAN, SelfLabel, IIC, SuperAND, TwoStageUC, RotNet, LSDC,
+                                                      EntropyMargin, PseudoLabel, DeepCluster, Supervised)}
 
 # methods that continue a previous stage and cannot start a pipeline
 NEEDS_PREVIOUS_STAGE = {"selflabel"}

@@ -569,18 +569,27 @@ def mixup(x: Tensor, alpha: float = 0.3, g: torch.Generator | None = None) -> tu
     return weight * x + (1 - weight) * x[perm], perm, lam
 
 
-def ricap(x: Tensor, beta: float = 0.3, g: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+def ricap(x: Tensor, beta: float = 0.3, g: torch.Generator | None = None,
+          layout: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """RICAP (Takahashi et al. 2018): each output is tiled from four crops of four images, split at a
     boundary (w, h) = round(W·Beta(β, β)), round(H·Beta(β, β)) — drawn per sample here (the paper: per
     batch) — each crop taken at a uniformly random position of its source image.
 
     Returns (x̃, perms 4×N, weights N×4): tile q of sample n comes from image perms[q, n] and covers
     the fraction weights[n, q] of the image (tiles: top-left, top-right, bottom-left, bottom-right);
-    mix targets as Σ_q weights[:, q]·y[perms[q]]. One gather builds the whole batch."""
+    mix targets as Σ_q weights[:, q]·y[perms[q]]. One gather builds the whole batch.
+
+    `layout` = (perms, weights) of an earlier call on a batch of the same shape keeps its tile sizes
+    and source images and draws only new crop positions: LSD-C's two RICAP views (Rebuffi et al. 2020)."""
     n, _, height, width = x.shape
-    split_w = (sample_beta((n,), beta, beta, g, x.device) * width).round().long()
-    split_h = (sample_beta((n,), beta, beta, g, x.device) * height).round().long()
-    perms = _rand((4, n), g, x.device).argsort(1)  # perms: 4×N
+    if layout is None:
+        split_w = (sample_beta((n,), beta, beta, g, x.device) * width).round().long()
+        split_h = (sample_beta((n,), beta, beta, g, x.device) * height).round().long()
+        perms = _rand((4, n), g, x.device).argsort(1)  # perms: 4×N
+    else:  # the top-left and top-right tiles span split_h/H of the image, top-left and bottom-left split_w/W
+        perms, earlier = layout
+        split_h = ((earlier[:, 0] + earlier[:, 1]).float() * height).round().long()
+        split_w = ((earlier[:, 0] + earlier[:, 2]).float() * width).round().long()
     tile_w = torch.stack([split_w, width - split_w, split_w, width - split_w], 1)  # tile_w: N×4
     tile_h = torch.stack([split_h, split_h, height - split_h, height - split_h], 1)
     u = _rand((n, 4, 2), g, x.device)

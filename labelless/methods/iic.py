@@ -35,7 +35,7 @@ class IIC(Method):
 
     def training_step(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
         n = len(batch.indices)
-        features = self.backbone(torch.cat([self.augment(batch.images), self.augment(batch.images)]))
+        features = self.backbone(self.augment(batch.images.repeat(2, 1, 1, 1)))  # per-sample params: 2 views
         head_losses = torch.stack([iic_loss(logits[:n].float().softmax(1), logits[n:].float().softmax(1))
                                    for logits in self.heads(features)])
         self.selector.record(head_losses)

@@ -1,7 +1,9 @@
-"""Heads over backbone features: multi-head cluster heads and the lowest-loss head choice."""
+"""Heads over backbone features: multi-head cluster heads, fixed-prototype Norm-FC heads and the
+lowest-loss head choice."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -46,3 +48,40 @@ class HeadSelector(nn.Module):
     @property
     def chosen(self) -> int:
         return int(self.mean_losses.argmin())
+
+
+HEAD_NORMS = ("feature_rows", "prototypes")
+
+
+class NormFCHeads(nn.Module):
+    """TwoStageUC's Norm-FC heads (Han et al., ECCV 2020, supplement Eq. 2): H heads of K fixed random
+    prototypes over L2-normalised D-d embeddings, y_i = softmax(v_i·Ŵ/τ_c), τ_c = 0.1.
+
+    Each W (D×K) is drawn from N(0, 1) once and never trained ("random initialization may be
+    sufficient to characterize each class ... fixed weights avoid training loss fluctuations"): it
+    lives in buffers, so no optimiser sees it and checkpoints keep it. `head_norm` says how Ŵ is
+    normalised: `feature_rows` (default) normalises each of the D rows across the K classes, as the
+    released code does and as produced the reported 81.0% (prototype norms then come out near
+    √(D/K), a sharper effective temperature); `prototypes` normalises each class's D-d column, the
+    paper's ŵ_j = w_j/‖w_j‖ (VERIFIED-DETAILS.md)."""
+
+    def __init__(self, in_features: int, k: int, heads: int = 5, temperature: float = 0.1,
+                 head_norm: str = "feature_rows") -> None:
+        super().__init__()
+        if head_norm not in HEAD_NORMS:
+            raise ValueError(f"head_norm must be one of {', '.join(HEAD_NORMS)}, not {head_norm!r}")
+        self.temperature, self.head_norm = temperature, head_norm
+        self.register_buffer("weight", torch.randn(heads, in_features, k))  # weight: H×D×K
+
+    def __len__(self) -> int:
+        return len(self.weight)
+
+    def prototypes(self) -> Tensor:
+        """The normalised weights Ŵ, H×D×K."""
+        return F.normalize(self.weight, dim=2 if self.head_norm == "feature_rows" else 1)
+
+    def forward(self, features: Tensor) -> list[Tensor]:
+        """features N×D (normalised embeddings) → H tensors of N×K logits v·Ŵ/τ_c, in float32."""
+        with torch.autocast(features.device.type, enabled=False):
+            logits = torch.einsum("nd,hdk->hnk", features.float(), self.prototypes()) / self.temperature
+        return list(logits.unbind(0))

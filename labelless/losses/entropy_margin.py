@@ -1,0 +1,109 @@
+"""Discriminative entropy clustering with margin maximisation (Zhang & Boykov, "Revisiting
+discriminative entropy clustering and its relation to K-means"; supplementary material, §A–C).
+
+Two ways to optimise the same idea, both over N×K posteriors σ_i = softmax(vᵀ f_w(X_i)):
+
+- loss (a), by gradient: mean_i H(σ_i) − H(σ̄) + γ‖v‖² = mean_i H(σ_i) + KL(σ̄‖u) + γ‖v‖² + const,
+  with a "fairness" weight on the KL term (`entropy_margin_loss`);
+- Algorithm 1, self-labelling: auxiliary targets y_i on the simplex, solved per batch to convergence
+  by a closed-form fixed point (`self_label_targets`, minimising `self_label_objective`), then the
+  network takes a step on the reverse cross-entropy H(σ, y) = −Σ_k σ^k ln y^k plus γ‖v‖²
+  (`reverse_cross_entropy`, `margin_term`).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from labelless.losses.clustering import EPS, entropy
+
+
+def margin_term(classifier_weight: Tensor, gamma: float) -> Tensor:
+    """γ‖v‖²: the squared Frobenius norm of the linear classifier's weight (K×D, bias excluded).
+
+    "Decisiveness may not automatically imply large margins if the norm of classifier v is
+    unrestricted" (supplementary §A): bounding ‖v‖ keeps a soft, low-confidence band around the
+    decision boundary, which the data then pushes away from itself."""
+    return gamma * classifier_weight.float().pow(2).sum()
+
+
+def kl_to_uniform(probabilities: Tensor) -> Tensor:
+    """KL(σ̄‖u) = Σ_k σ̄_k ln(K σ̄_k) = ln K − H(σ̄), the fairness term; 0 for balanced clusters.
+    probabilities: N×K."""
+    marginal = probabilities.mean(0)
+    return (marginal * (marginal.clamp_min(EPS).log() + math.log(marginal.shape[0]))).sum()
+
+
+def entropy_margin_loss(probabilities: Tensor, classifier_weight: Tensor | None = None, *, gamma: float = 0.0,
+                        fairness_weight: float = 1.0) -> Tensor:
+    """Loss (a) of the supplementary: L = mean_i H(σ_i) + w·KL(σ̄‖u) + γ‖v‖².
+
+    With w = 1 this is mean_i H(σ_i) − H(σ̄) + γ‖v‖² + ln K (the MI loss plus the margin term); the
+    paper's deep experiments weight the fairness term by w = 1.3 (§E.3). probabilities: N×K;
+    classifier_weight: K×D (omit it, or set γ = 0, for the plain MI loss)."""
+    loss = entropy(probabilities.float()).mean() + fairness_weight * kl_to_uniform(probabilities.float())
+    if classifier_weight is not None and gamma:
+        loss = loss + margin_term(classifier_weight, gamma)
+    return loss
+
+
+def reverse_cross_entropy(probabilities: Tensor, targets: Tensor) -> Tensor:
+    """mean_i H(σ_i, y_i) = −mean_i Σ_k σ_i^k ln y_i^k: the network's output outside the log, the
+    pseudo-label inside (VERIFIED-DETAILS.md). Minimising it over σ moves σ_i towards argmax_k y_i^k.
+    probabilities (σ, differentiated): N×K; targets (y, constant): N×K."""
+    return -(probabilities.float() * targets.detach().float().clamp_min(EPS).log()).sum(1).mean()
+
+
+def _prior(prior: Tensor | None, like: Tensor) -> Tensor:
+    k = like.shape[1]
+    return torch.full((k,), 1.0 / k, dtype=like.dtype, device=like.device) if prior is None else prior.to(like)
+
+
+def self_label_objective(targets: Tensor, probabilities: Tensor, lamb: float = 100.0,
+                         prior: Tensor | None = None) -> Tensor:
+    """E(y) of Lemma B.1 (β = 1, M = N): −(1/N) Σ_i Σ_k σ_i^k ln y_i^k − λ Σ_k u_k ln(Σ_i y_i^k / N),
+    the y-subproblem's objective: reverse cross-entropy plus the "strong fairness" λ·KL(u‖ȳ) (up to
+    a constant). Convex in y (Lemma B.1). targets (y), probabilities (σ): N×K; prior u: K (uniform)."""
+    u = _prior(prior, probabilities)
+    cross = -(probabilities * targets.clamp_min(EPS).log()).sum(1).mean()
+    return cross - lamb * (u * targets.mean(0).clamp_min(EPS).log()).sum()
+
+
+@torch.no_grad()
+def self_label_step(targets: Tensor, probabilities: Tensor, lamb: float = 100.0,
+                    prior: Tensor | None = None) -> Tensor:
+    """One fixed-point update of Algorithm 1:
+        S_i^k = y_i^k / Σ_j y_j^k ;  y_i^k ← (σ_i^k + λN u^k S_i^k) / (1 + λN Σ_c u^c S_i^c).
+
+    It is a majorise-minimise step for E(y): Jensen's inequality bounds −ln Σ_i y_i^k from above by
+    −Σ_i S_i^k ln(y_i^k / S_i^k), tight at the current y, and the update is the exact minimiser of
+    that bound over the simplex. So E(y) never increases. targets, probabilities: N×K."""
+    n = probabilities.shape[0]
+    u = _prior(prior, probabilities)
+    share = targets / targets.sum(0, keepdim=True).clamp_min(EPS)  # S: N×K
+    pull = lamb * n * u * share  # λN u^k S_i^k: N×K
+    return (probabilities + pull) / (1 + pull.sum(1, keepdim=True))
+
+
+@torch.no_grad()
+def self_label_targets(probabilities: Tensor, lamb: float = 100.0, prior: Tensor | None = None,
+                       max_iterations: int = 300, tolerance: float = 1e-4, check_every: int = 10) -> tuple[Tensor, int]:
+    """The auxiliary targets y of Algorithm 1: initialised by the network output ("a warm start")
+    and iterated with `self_label_step` until no entry moves by more than `tolerance` in one step,
+    or for `max_iterations`. Returns (y: N×K, iterations used). probabilities are not differentiated.
+
+    The iteration converges only linearly, at a rate near λ/(1 + λ) per step once the clusters are
+    balanced (0.99 for λ = 100), and E(y) is very flat near its minimum, so the cap matters: each
+    extra step still lowers E (`self_label_step`), and the next batch warm-starts from the network
+    again. Convergence is tested every `check_every` steps: on a GPU each test is a host sync."""
+    probabilities = probabilities.detach().float()
+    targets = probabilities.clone()
+    for iteration in range(1, max_iterations + 1):
+        updated = self_label_step(targets, probabilities, lamb, prior)
+        converged = iteration % check_every == 0 and bool((updated - targets).abs().max() <= tolerance)
+        targets = updated
+        if converged:
+            return targets, iteration
+    return targets, max_iterations

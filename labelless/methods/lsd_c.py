@@ -1,0 +1,165 @@
+"""LSD-C: Linearly Separable Deep Clusters (Rebuffi, Ehrhardt, Han, Vedaldi, Zisserman 2020), stage 2.
+
+The trunk comes from a RotNet stage; its first blocks stay frozen ("the RotNet training provides robust
+early filters", supplement §1) and the last macro-block plus a *linear* K-way classifier train. In every
+batch each pair (i, j) gets a pseudo-label ℓ_ij ("same cluster") from the current network's pooled
+features of a clean view, detached (`labelless.losses.pairwise`: kNN by default, cosine or SNE); the
+classifier learns to make σ_iᵀσ_j match it with a binary cross-entropy, one side clean and the other
+RICAP-mixed (targets mixed by patch area), plus a ramped MSE consistency between two mixed views:
+
+    L = BCE(t_ij, σ(mixed_i)ᵀσ(clean_j)) + w(e)·MSE(σ(mixed₁), σ(mixed₂)),  w(e) = λ·exp(−5(1 − min(e, T)/T)²).
+
+Defaults are the authors' released code (srebuffi/lsd-clusters; VERIFIED-DETAILS.md) for CIFAR-10:
+kNN k = 20, λ = 5, T = 100, frozen stem + layers 1–3 of ResNet-18 with their BatchNorm layers still in
+train mode, three pad-and-crop + flip views (zero padding) of each image, RICAP with Beta(0.3, 0.3)
+whose two views share tile sizes and sources but draw their own crop positions. Every choice the
+supplement ablates is a switch: `trainable_from`, `head`, `labelling`, `data_mix`, `consistency_weight`.
+
+Two deliberate differences from the code: RICAP's boundary is drawn per sample (the code: per batch,
+keeping the original image in any tile larger than a quarter), and the pair targets of a mixed image are
+mixed over its *own* tile sources, t_ij = Σ_q w_iq·ℓ[src_q(i), j] (the code indexes the permutation by
+the clean image, which transposes the mixed part of the target).
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from labelless.data.augment import Augment, mixup, ricap
+from labelless.errors import UserError
+from labelless.losses.pairwise import (cosine_pair_labels, knn_pair_labels, mix_pair_targets, pair_bce_loss,
+                                       sigmoid_rampup, sne_pair_labels)
+from labelless.methods.base import Batch, EpochContext, Method, predict_in_batches
+from labelless.nn.backbones import Backbone, build_backbone
+
+LABELLINGS = ("knn", "cosine", "sne")
+HEADS = ("linear", "mlp")
+DATA_MIXES = ("ricap", "mixup", "none")
+FROZEN_BATCHNORM = ("train", "eval")
+
+
+def _choice(value: str, choices: tuple[str, ...], key: str) -> None:
+    if value not in choices:
+        raise UserError(f"lsd_c: {key} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def freeze_first_blocks(backbone: Backbone, trainable_from: int, frozen_batchnorm: str) -> int:
+    """Stop gradients to the blocks before `trainable_from` (a block index; negative counts from the
+    end, `len(blocks)` leaves only the head training). `frozen_batchnorm: train` keeps their BatchNorm
+    layers in train mode — batch statistics, running averages still updated — as the authors' code
+    does (it calls `model.train()` on the whole net); `eval` fixes them (`Backbone.freeze_blocks`).
+    Returns the number of frozen blocks."""
+    blocks = len(backbone.blocks)
+    frozen = trainable_from + blocks if trainable_from < 0 else trainable_from
+    if not 0 <= frozen <= blocks:
+        raise UserError(f"lsd_c: trainable_from {trainable_from} is outside the backbone's {blocks} blocks "
+                        f"(use 0…{blocks}, or −1 for the last block)")
+    if frozen_batchnorm == "eval":
+        backbone.freeze_blocks(frozen)
+    else:
+        for index, block in enumerate(backbone.blocks):
+            block.requires_grad_(index >= frozen)
+    return frozen
+
+
+def build_head(in_features: int, k: int, head: str) -> nn.Module:
+    """`linear` (the paper's: clusters linearly separable in feature space) or `mlp`, the supplement's
+    2-layer non-linear ablation (Table 2): Linear(D, D) → ReLU → Linear(D, K)."""
+    if head == "linear":
+        return nn.Linear(in_features, k)
+    return nn.Sequential(nn.Linear(in_features, in_features), nn.ReLU(inplace=True), nn.Linear(in_features, k))
+
+
+def mixed_views(first: Tensor, second: Tensor, data_mix: str, beta: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Two mixed views that share the mix (tile sizes and sources, or mixing weights and partners), and
+    how row i of them is composed: (mixed₁, mixed₂, sources Q×N, weights N×Q), for `mix_pair_targets`.
+    RICAP draws each view's crop positions anew; mixup mixes the two views channel-stacked, so one draw
+    of λ and partner serves both; `none` returns the views unmixed."""
+    n = first.shape[0]
+    identity = torch.arange(n, device=first.device)
+    if data_mix == "ricap":
+        mixed, perms, weights = ricap(first, beta)
+        other, _, _ = ricap(second, beta, layout=(perms, weights))
+        return mixed, other, perms, weights
+    if data_mix == "mixup":
+        stacked, perm, lam = mixup(torch.cat([first, second], 1), beta)
+        mixed, other = stacked.split(first.shape[1], 1)
+        return mixed, other, torch.stack([identity, perm]), torch.stack([lam, 1 - lam], 1)
+    return first, second, identity[None], torch.ones(n, 1, device=first.device)
+
+
+class LSDC(Method):
+    name = "lsd_c"
+
+    def __init__(self, *, k: int, in_channels: int, image_size: int, pretrained: Method | None = None,
+                 backbone: str = "resnet18", trainable_from: int = -1, frozen_batchnorm: str = "train",
+                 head: str = "linear", labelling: str = "knn", knn_k: int = 20, cosine_threshold: float = 0.9,
+                 sne_threshold: float = 0.01, sne_temperature: float = 1.0, consistency_weight: float = 5.0,
+                 rampup_epochs: int = 100, data_mix: str = "ricap", mix_beta: float = 0.3,
+                 padding_mode: str = "constant", flip: bool = True) -> None:
+        """`pretrained`: the RotNet stage, whose backbone is copied (None: `backbone` from scratch, for
+        tests). `trainable_from`: first trained block (ResNet blocks are stem, layer1…layer4: −1 = layer4
+        only, the paper's "from macro-block 3"; 3 = "from macro-block 2"; 5 = linear head only).
+        `labelling` picks the pair pseudo-labels and its hyper-parameters (`knn_k`; `cosine_threshold`;
+        `sne_threshold`, `sne_temperature`). `consistency_weight` λ (0 = the "w/o MSE" ablation) and
+        `rampup_epochs` T shape the MSE weight. `data_mix`: ricap | mixup | none, with Beta(`mix_beta`,
+        `mix_beta`) (the supplement's mixup needs weight decay 1e-4: set it in the stage's train).
+        `padding_mode`, `flip`: the pad-and-crop views (`flip: false` for digits)."""
+        super().__init__()
+        for value, choices, key in ((labelling, LABELLINGS, "labelling"), (head, HEADS, "head"),
+                                    (data_mix, DATA_MIXES, "data_mix"),
+                                    (frozen_batchnorm, FROZEN_BATCHNORM, "frozen_batchnorm")):
+            _choice(value, choices, key)
+        if pretrained is not None and not isinstance(getattr(pretrained, "backbone", None), Backbone):
+            raise UserError(f"lsd_c: the previous stage ('{pretrained.name}') has no backbone to continue")
+        self.backbone = (copy.deepcopy(pretrained.backbone) if pretrained is not None
+                         else build_backbone(backbone, in_channels=in_channels, image_size=image_size))
+        self.frozen_blocks = freeze_first_blocks(self.backbone, trainable_from, frozen_batchnorm)
+        self.head = build_head(self.backbone.num_features, k, head)
+        self.pair_labels: Callable[[Tensor], Tensor] = {
+            "knn": partial(knn_pair_labels, k=knn_k),
+            "cosine": partial(cosine_pair_labels, threshold=cosine_threshold),
+            "sne": partial(sne_pair_labels, threshold=sne_threshold, temperature=sne_temperature),
+        }[labelling]
+        self.consistency_weight, self.rampup_epochs = consistency_weight, rampup_epochs
+        self.data_mix, self.mix_beta = data_mix, mix_beta
+        self.augment = Augment("weak", size=image_size, channels=in_channels, padding_mode=padding_mode,
+                               flip_p=0.5 if flip else 0.0)
+        self.epoch = 0
+
+    def on_epoch_start(self, epoch: int, ctx: EpochContext) -> None:
+        self.epoch = epoch
+        ctx.logs["consistency_weight"] = self.current_consistency_weight()
+
+    def current_consistency_weight(self) -> float:
+        """w(e) = λ·exp(−5(1 − min(e, T)/T)²) at the current 0-based epoch, constant within it."""
+        return self.consistency_weight * sigmoid_rampup(self.epoch, self.rampup_epochs)
+
+    def training_step(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        clean, first, second = (self.augment(batch.images) for _ in range(3))
+        mixed, other, sources, weights = mixed_views(first, second, self.data_mix, self.mix_beta)
+        # three forward passes, not one concatenated batch: each view gets its own BatchNorm statistics,
+        # as in the authors' code
+        features = self.backbone(clean)  # features: N×D
+        probabilities = self.head(features).float().softmax(1)  # probabilities: N×K
+        mixed_probabilities = self.head(self.backbone(mixed)).float().softmax(1)
+        other_probabilities = self.head(self.backbone(other)).float().softmax(1)
+        with torch.no_grad():
+            pair_labels = self.pair_labels(features.detach().float())  # pair_labels: N×N
+            targets = mix_pair_targets(pair_labels, sources, weights)
+        clustering = pair_bce_loss(mixed_probabilities, probabilities, targets)
+        consistency = F.mse_loss(mixed_probabilities, other_probabilities)
+        loss = clustering + self.current_consistency_weight() * consistency
+        return loss, {"pair_bce": clustering.detach(), "consistency_mse": consistency.detach(),
+                      "positive_pairs": pair_labels.mean()}
+
+    def embed(self, images: Tensor) -> Tensor:
+        return predict_in_batches(self.backbone, images)
+
+    def cluster_logits(self, images: Tensor) -> Tensor:
+        return predict_in_batches(lambda x: self.head(self.backbone(x)), images)

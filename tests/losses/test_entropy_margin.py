@@ -1,0 +1,117 @@
+"""Known answers for the entropy-clustering losses (Zhang & Boykov), the self-labelling fixed point,
+IIC's mutual information, and the empty-cluster repair of pseudo-label methods."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from labelless.losses.clustering import entropy, iic_loss, mean_entropy
+from labelless.losses.entropy_margin import (entropy_margin_loss, kl_to_uniform, margin_term, reverse_cross_entropy,
+                                             self_label_objective, self_label_step, self_label_targets)
+from labelless.losses.pseudo_label import inverse_frequency_weights, repair_empty_clusters
+
+
+def one_hot_balanced(n: int, k: int) -> torch.Tensor:
+    return F.one_hot(torch.arange(n) % k, k).float()
+
+
+def test_uniform_posteriors_have_marginal_entropy_log_k():
+    k = 6
+    sigma = torch.full((30, k), 1 / k)
+    assert mean_entropy(sigma).item() == pytest.approx(math.log(k))
+    assert kl_to_uniform(sigma).item() == pytest.approx(0.0, abs=1e-6)
+    # every σ_i uniform: mean H(σ) = log K and KL(σ̄‖u) = 0
+    assert entropy_margin_loss(sigma).item() == pytest.approx(math.log(k), abs=1e-6)
+
+
+def test_one_hot_balanced_posteriors_have_zero_mean_entropy_and_minimal_loss():
+    k = 5
+    sigma = one_hot_balanced(50, k)
+    assert entropy(sigma).mean().item() == pytest.approx(0.0, abs=1e-6)
+    assert entropy_margin_loss(sigma, fairness_weight=1.3).item() == pytest.approx(0.0, abs=1e-6)
+    collapsed = F.one_hot(torch.zeros(50, dtype=torch.long), k).float()
+    # all in one cluster: decisive but unfair, KL(σ̄‖u) = log K, weighted by the fairness weight
+    assert entropy_margin_loss(collapsed, fairness_weight=1.3).item() == pytest.approx(1.3 * math.log(k), abs=1e-5)
+
+
+def test_loss_a_equals_mean_entropy_minus_marginal_entropy_plus_margin():
+    torch.manual_seed(0)
+    sigma = torch.randn(40, 7).softmax(1)
+    v = torch.randn(7, 16)
+    expected = entropy(sigma).mean() - mean_entropy(sigma) + math.log(7) + 0.1 * v.pow(2).sum()
+    assert entropy_margin_loss(sigma, v, gamma=0.1).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert margin_term(v, 0.1).item() == pytest.approx(0.1 * v.pow(2).sum().item(), rel=1e-6)
+
+
+def test_iic_mutual_information_of_identical_one_hot_balanced_views_is_log_k():
+    k = 10
+    p = one_hot_balanced(100, k)
+    # the empty off-diagonal joint cells are clamped to machine epsilon, as IIC's code does
+    assert iic_loss(p, p).item() == pytest.approx(-math.log(k), abs=2e-4)
+
+
+def test_reverse_cross_entropy_puts_the_network_output_outside_the_log():
+    sigma = torch.tensor([[0.5, 0.5]], requires_grad=True)
+    y = torch.tensor([[0.9, 0.1]])
+    loss = reverse_cross_entropy(sigma, y)
+    assert loss.item() == pytest.approx(-(0.5 * math.log(0.9) + 0.5 * math.log(0.1)), rel=1e-6)
+    loss.backward()
+    assert sigma.grad[0].tolist() == pytest.approx([-math.log(0.9), -math.log(0.1)], rel=1e-6)
+
+
+@pytest.mark.parametrize("scale", [0.3, 3.0, 10.0])
+def test_fixed_point_decreases_the_objective_monotonically(scale: float):
+    generator = torch.Generator().manual_seed(int(scale * 10))
+    # imbalanced random posteriors: a per-cluster offset makes some clusters rare
+    logits = torch.randn(64, 8, generator=generator, dtype=torch.float64) * scale
+    sigma = (logits + 2 * torch.randn(8, generator=generator, dtype=torch.float64)).softmax(1)
+    y = sigma.clone()
+    values = [self_label_objective(y, sigma).item()]
+    for _ in range(100):
+        y = self_label_step(y, sigma)
+        assert torch.allclose(y.sum(1), torch.ones(64, dtype=torch.float64))
+        assert bool((y > 0).all())
+        values.append(self_label_objective(y, sigma).item())
+    steps = torch.tensor(values).diff()
+    assert bool((steps <= 1e-9).all()), f"E(y) increased by {steps.max().item()}"
+    assert values[-1] < values[0]
+
+
+def test_fixed_point_balances_the_targets():
+    generator = torch.Generator().manual_seed(0)
+    sigma = (torch.randn(200, 4, generator=generator) + torch.tensor([3.0, 0.0, 0.0, -1.0])).softmax(1)
+    targets, iterations = self_label_targets(sigma, lamb=100.0, max_iterations=2000)
+    assert iterations > 1
+    # strong fairness (λ = 100): the targets' marginal is far closer to uniform than σ's
+    assert kl_to_uniform(targets).item() < 0.1 * kl_to_uniform(sigma).item()
+    # a balanced, confident σ is already the fixed point (S = y/(N u) makes the update the identity)
+    balanced = one_hot_balanced(40, 4) * 0.96 + 0.01  # rows sum to 1
+    fixed, used = self_label_targets(balanced, lamb=100.0)
+    assert torch.allclose(fixed, balanced, atol=1e-5)
+    assert used == 10  # converged at the first check
+
+
+def test_empty_cluster_repair_keeps_every_cluster_non_empty():
+    generator = torch.Generator().manual_seed(0)
+    k = 10
+    for labels in (torch.zeros(256, dtype=torch.long), torch.randint(0, 3, (37,), generator=generator),
+                   torch.tensor([4] * 10 + [7])):
+        repaired = repair_empty_clusters(labels, k, generator)
+        assert bool((torch.bincount(repaired, minlength=k) > 0).all())
+        # only samples of the clusters that were split change label
+        changed = repaired != labels
+        assert repaired.shape == labels.shape and int(changed.sum()) > 0
+    all_in_one = repair_empty_clusters(torch.zeros(256, dtype=torch.long), 2, generator)
+    assert torch.bincount(all_in_one).tolist() == [128, 128]  # half of the largest, as the study does
+    untouched = torch.arange(20) % 4
+    assert torch.equal(repair_empty_clusters(untouched, 4, generator), untouched)
+
+
+def test_inverse_frequency_weights_equalise_clusters():
+    labels = torch.tensor([0] * 6 + [1] * 3 + [3] * 1)  # cluster 2 empty
+    weights = inverse_frequency_weights(labels, 4)
+    totals = torch.bincount(labels, weights=weights[labels], minlength=4)
+    assert totals[[0, 1, 3]].tolist() == pytest.approx([totals[0].item()] * 3)
+    assert weights[2].item() == 0.0
+    assert weights[[0, 1, 3]].mean().item() == pytest.approx(1.0)

@@ -1,0 +1,87 @@
+"""The CLI contract other issues build on: forms, --json keys, one-line errors with exit code 2."""
+import json
+
+import pytest
+
+from labelless.cli import main
+
+JSON_KEYS = {"ACC", "NMI", "ARI", "n", "k", "split", "dataset", "seconds"}
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_list_names_every_registry(capsys):
+    for what, expected in [("methods", "scan"), ("datasets", "digits"), ("backbones", "resnet18"),
+                           ("augments", "simclr")]:
+        code, out, _ = run_cli(capsys, "list", what)
+        assert code == 0 and expected in out.split()
+
+
+def test_run_on_digits_writes_the_run_directory_and_json(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "run", "--dataset", "digits", "--device", "cpu", "--run-dir", str(tmp_path),
+                           "--set", "stages.0.train.epochs=2", "--set", "stages.1.train.epochs=1", "--json")
+    assert code == 0
+    result = json.loads(out)
+    assert JSON_KEYS <= set(result)
+    assert result["n"] == 1797 and result["k"] == 10 and result["split"] == "all" and result["dataset"] == "digits"
+    assert 0 <= result["ACC"] <= 1 and result["labels_used_in_training"] is False
+    for name in ("config.yaml", "metrics.jsonl", "predictions.csv", "model.safetensors", "metrics.json",
+                 "artefacts/neighbour_indices.pt", "checkpoints/cluster.pt", "checkpoints/selflabel.pt"):
+        assert (tmp_path / name).exists(), name
+    # the written predictions score the same through `evaluate`
+    code, out, _ = run_cli(capsys, "evaluate", str(tmp_path), "--dataset", "digits", "--json")
+    assert code == 0 and json.loads(out)["ACC"] == pytest.approx(result["ACC"])
+
+
+def test_evaluate_a_hand_written_csv(capsys, tmp_path):
+    from labelless.data import load_dataset
+
+    labels = load_dataset("digits").labels.numpy()[:100]
+    csv = tmp_path / "p.csv"
+    csv.write_text("index,cluster\n" + "".join(f"{i},{(y + 3) % 10}\n" for i, y in enumerate(labels)))
+    code, out, _ = run_cli(capsys, "evaluate", str(csv), "--dataset", "digits", "--json")
+    result = json.loads(out)
+    assert code == 0 and result["ACC"] == 1.0 and result["NMI"] == pytest.approx(1.0) and result["n"] == 100
+
+
+def test_baseline_kmeans_on_digits(capsys):
+    code, out, _ = run_cli(capsys, "baseline", "kmeans", "--dataset", "digits", "--json")
+    result = json.loads(out)
+    assert code == 0 and JSON_KEYS <= set(result) and 0.7 < result["ACC"] < 0.85
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--dataset", "nosuch"], "unknown dataset 'nosuch'"),
+    (["run", "--dataset", "digits", "--split", "test"], "single split"),
+    (["run", "--dataset", "digits", "--k", "5000"], "not smaller than the number of images"),
+    (["run", "--dataset", "digits", "--set", "stages.0.train.lrr=1"], "unknown config key"),
+    (["run", "--dataset", "digits", "--set", "stages.0.method.name=nosuch"], "unknown method 'nosuch'"),
+    (["run", "--dataset", "cifar10", "--data-root", "/nonexistent"], "cifar10"),
+    (["run", "--dataset", "folder:/nonexistent"], "/nonexistent"),
+    (["baseline", "nosuch", "--dataset", "digits"], "unknown baseline"),
+    (["evaluate", "/nonexistent.csv", "--dataset", "digits"], "no predictions file"),
+])
+def test_mistakes_are_one_line_and_exit_2(capsys, tmp_path, argv, message):
+    code, out, err = run_cli(capsys, *argv, *(["--run-dir", str(tmp_path)] if argv[0] == "run" else []))
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_bad_csv_is_a_one_line_error(capsys, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,label\n1,2\n")
+    code, _, err = run_cli(capsys, "evaluate", str(bad), "--dataset", "digits")
+    assert code == 2 and "index,cluster" in err
+
+
+def test_help_documents_every_option():
+    from labelless.cli import build_parser
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    for name, command in commands.items():
+        for action in command._actions:
+            assert action.help, f"'labelless {name}' option {action.option_strings or action.dest} has no help"
