@@ -130,7 +130,7 @@ def _train_and_evaluate(config, args: argparse.Namespace) -> int:
         eval_store = store
     else:
         eval_store = load_dataset(config.dataset.name, split=eval_split, root=config.dataset.root)
-    metrics = evaluate(run, eval_store, eval_split, config.dataset.name)
+    metrics = evaluate(run, eval_store, eval_split, config.dataset.name, train_store=store)
     _print(_run_result(run, metrics, config.dataset.name), args.json)
     return 0
 
@@ -212,6 +212,18 @@ def _read_predictions(path: Path):
     return table[:, 0].astype(np.int64), table[:, 1].astype(np.int64), probabilities
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{args.name}.py"
+    if not script.is_file():
+        raise UserError(f"benchmark '{args.name}' needs the source checkout ({script} is missing)")
+    spec = importlib.util.spec_from_file_location(f"labelless_bench_{args.name}", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(args.rest, prog=f"labelless bench {args.name}")
+
+
 # ------------------------------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -255,6 +267,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed for subsampling and k-means")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=cmd_baseline)
+
+    p = sub.add_parser("bench", help="run a benchmark from benchmarks/ (throughput); its options follow the name",
+                       description="Benchmarks write benchmarks/results/*.json (RESULTS.md). "
+                                   "`labelless bench throughput --help` lists the benchmark's own options.")
+    p.add_argument("name", choices=["throughput"], help="which benchmark")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark's own options")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("list", help="list registered methods, datasets, backbones or augmentations")
     p.add_argument("what", choices=["methods", "datasets", "backbones", "augments"], help="which registry to list")

@@ -20,12 +20,14 @@ from labelless.config import RunConfig, save_config
 from labelless.data.sources import load_dataset
 from labelless.data.stores import ImageStore, to_float
 from labelless.errors import UserError
+from labelless.evaluate.knn import knn_accuracy
 from labelless.evaluate.metrics import cluster_metrics
 from labelless.methods.base import Method
 from labelless.registry import METHODS, NEEDS_PREVIOUS_STAGE
 from labelless.train import Trainer, export_weights, resolve_device
 
 PROJECT_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIDENT_THRESHOLD = 0.9  # LSD-C reports the share of samples above 0.9 and their ACC
 
 
 @dataclass
@@ -49,6 +51,14 @@ class Run:
         if images.dtype == torch.uint8:  # N×H×W×C as an ImageStore holds them
             images = to_float(images)
         return images.to(self.device)
+
+    @property
+    @torch.no_grad()
+    def has_clusters(self) -> bool:
+        """False for pure embedding methods (Super-AND, SimCLR, RotNet), which have no cluster head."""
+        self.method.eval()
+        return self.method.cluster_logits(self._float(torch.zeros(2, *self.image_size, self.channels,
+                                                                  dtype=torch.uint8))) is not None
 
     @torch.no_grad()
     def probabilities(self, images: Tensor) -> Tensor:
@@ -116,27 +126,51 @@ def train(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool 
         trainer = Trainer(stage, store, run_dir, device, seed=config.seed, progress=progress)
         previous = trainer.fit(method, resume=resume)
     export_weights(previous, run_dir / "model.safetensors", {"method": previous.name, "k": str(k)})
+    # run.json: what labelless.predict.load_run needs to rebuild the model without the data (issue 7)
+    (run_dir / "run.json").write_text(json.dumps({"k": k, "image_size": list(store.image_size), "channels": store.channels,
+                                                  "dataset": config.dataset.name,
+                                                  "stages": [s.name for s in config.stages]}, indent=2) + "\n")
     return Run(config, run_dir, previous, k, store.image_size, store.channels, seconds=time.time() - start)
 
 
-def evaluate(run: Run, store: ImageStore, split: str, dataset: str) -> dict:
+def evaluate(run: Run, store: ImageStore, split: str, dataset: str, train_store: ImageStore | None = None) -> dict:
     """Predict every image of `store`, write `predictions.csv`, and score it when labels exist.
 
-    Labels are read here and only here, after training; the chosen head was chosen by loss."""
+    Labels are read here and only here, after training; a multi-head method's head was chosen by its
+    loss. A pure embedding method (no cluster head) is clustered by k-means on its normalised
+    embedding, and scored by weighted kNN (k 200, τ 0.1) with `train_store` as the labelled bank."""
     start = time.time()
-    probabilities = run.probabilities(store.images)
-    predictions = probabilities.argmax(1)
+    if run.has_clusters:
+        probabilities = run.probabilities(store.images)
+        predictions = probabilities.argmax(1)
+        features = None
+    else:
+        features = torch.nn.functional.normalize(run.embed(store.images), dim=1)
+        predictions, probabilities = kmeans_predictions(features, run.k, run.config.seed), None
     write_predictions(run.run_dir / "predictions.csv", predictions, probabilities)
     result: dict = {"dataset": dataset, "split": split, "n": len(store), "k": run.k}
     if store.labels is not None:
-        result.update(cluster_metrics(store.labels.cpu().numpy(), predictions.numpy(), probabilities.numpy()))
-        heads = run.method.head_logits(run._float(store.images))
+        labels = store.labels.cpu().numpy()
+        probs = probabilities.numpy() if probabilities is not None else None
+        result.update(cluster_metrics(labels, predictions.numpy(), probs, CONFIDENT_THRESHOLD if probs is not None else None))
+        # kNN needs a bank other than the queries: a query finding itself would score 100%
+        if features is not None and train_store is not None and train_store is not store \
+                and train_store.labels is not None:
+            bank = torch.nn.functional.normalize(run.embed(train_store.images), dim=1)
+            result["KNN"] = knn_accuracy(bank, train_store.labels.cpu(), features, store.labels.cpu())
+        heads = run.method.head_logits(run._float(store.images)) if features is None else None
         if heads is not None and len(heads) > 1:  # evaluation-only diagnostic: how lucky was the loss's choice
-            result["ACC_PER_HEAD"] = [round(cluster_metrics(store.labels.cpu().numpy(),
-                                                            h.argmax(1).cpu().numpy())["ACC"], 4) for h in heads]
+            result["ACC_PER_HEAD"] = [round(cluster_metrics(labels, h.argmax(1).cpu().numpy())["ACC"], 4)
+                                      for h in heads]
     result["eval_seconds"] = time.time() - start
     (run.run_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def kmeans_predictions(features: Tensor, k: int, seed: int) -> Tensor:
+    from sklearn.cluster import KMeans
+
+    return torch.from_numpy(KMeans(k, n_init=10, random_state=seed).fit_predict(features.numpy())).long()
 
 
 def write_predictions(path: Path, predictions: Tensor, probabilities: Tensor | None = None) -> None:
