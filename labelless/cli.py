@@ -224,6 +224,47 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return module.main(args.rest, prog=f"labelless bench {args.name}")
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from labelless.data.folder import _shown
+    from labelless.predict import check_writable, load_run, predict_files, sort_into, write_predictions_csv
+
+    out = Path(args.out)
+    check_writable(out.parent)
+    if args.sort_into:
+        check_writable(Path(args.sort_into))
+    run = load_run(args.run_dir, device=args.device)
+    predictions = predict_files(run, args.images, batch_size=args.batch_size)
+    if predictions.resized:
+        height, width = run.image_size
+        print(f"labelless: {predictions.resized} image(s) resized to the run's input size {width}×{height} "
+              "(short side + centre crop, as in training)", file=sys.stderr)
+    if predictions.skipped:
+        listed = ", ".join(f"{_shown(p)} ({why})" for p, why in predictions.skipped[:5])
+        more = f" and {len(predictions.skipped) - 5} more" if len(predictions.skipped) > 5 else ""
+        print(f"labelless: skipped {len(predictions.skipped)} unreadable file(s): {listed}{more}", file=sys.stderr)
+    write_predictions_csv(out, predictions, with_probabilities=args.probs)
+    if args.sort_into:
+        sort_into(Path(args.sort_into), predictions, copy=args.copy)
+    counts = predictions.clusters.bincount(minlength=run.k).tolist()
+    _print({"n": len(predictions.paths), "skipped": len(predictions.skipped), "k": run.k,
+            "cluster_sizes": " ".join(map(str, counts)), "out": str(out),
+            "sorted_into": args.sort_into or "-", "seconds": time.time() - START}, args.json)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from labelless.report import write_report
+
+    store = None
+    if args.dataset:
+        from labelless.data.sources import load_dataset
+
+        store = load_dataset(args.dataset, split=args.split, root=args.data_root, **_folder_options(args))
+    path = write_report(args.run_dir, store=store, split=args.split)
+    print(path)
+    return 0
+
+
 # ------------------------------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -274,6 +315,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", choices=["throughput"], help="which benchmark")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark's own options")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("predict", help="cluster new images with a trained run; write a CSV, optionally sort the files",
+                       description="Rebuilds the run from RUN_DIR/{config.yaml, run.json, model.safetensors} (the "
+                                   "exported trio alone is enough) and preprocesses like training: the run's input "
+                                   "size (short side + centre crop) and channels.")
+    p.add_argument("run_dir", help="a run directory, or a folder with its exported config.yaml, run.json and "
+                                   "model.safetensors")
+    p.add_argument("images", nargs="+", help="image files and/or folders (searched recursively; unreadable files "
+                                             "are skipped and listed)")
+    p.add_argument("--out", default="predictions.csv",
+                   help="CSV with columns path,cluster,confidence[,prob_0..] (default: predictions.csv)")
+    p.add_argument("--probs", action="store_true", help="add the full probability vector (prob_0..prob_K-1)")
+    p.add_argument("--sort-into", metavar="DIR",
+                   help="link each image into DIR/cluster_XX/ to browse the clusters in a file manager")
+    p.add_argument("--copy", action="store_true", help="with --sort-into: copy the files instead of symlinking them")
+    p.add_argument("--batch-size", type=_positive, default=256,
+                   help="images decoded and predicted at once (default 256; lower it for very large inputs)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (GPU when present)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("report", help="(re)write RUN_DIR/report.html: metrics, galleries, confusion, t-SNE, curves",
+                       description="A self-contained HTML page (images inlined, no network). The images come from "
+                                   "the run's own dataset and evaluation split unless --dataset is given.")
+    p.add_argument("run_dir", help="the run directory")
+    p.add_argument("--dataset", help=DATASET_HELP + " (default: the run's dataset)")
+    p.add_argument("--split", help="split to show and score (default: the run's evaluation split)")
+    p.add_argument("--data-root", help="where the dataset files are (default: $LABELLESS_DATA, else ../shared/data)")
+    p.add_argument("--labels-from-folders", action="store_true",
+                   help="folder:PATH only: take labels from the first-level subfolder names (evaluation only)")
+    p.add_argument("--image-size", type=int, help="folder:PATH only: resize to this side (default: the run's)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("list", help="list registered methods, datasets, backbones or augmentations")
     p.add_argument("what", choices=["methods", "datasets", "backbones", "augments"], help="which registry to list")

@@ -81,6 +81,25 @@ class Method(nn.Module):
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
 
 
+class MultiHeadClustering(Method):
+    """Inference shared by methods built as `backbone` → `heads` (`ClusterHeads`) with a `selector`
+    (`HeadSelector`, lowest loss): SCAN and IIC. Subclasses still write their own training step."""
+
+    backbone: nn.Module
+    heads: nn.Module
+    selector: nn.Module
+
+    def embed(self, images: Tensor) -> Tensor:
+        return predict_in_batches(self.backbone, images)
+
+    def cluster_logits(self, images: Tensor) -> Tensor:
+        return predict_in_batches(lambda x: self.heads.heads[self.selector.chosen](self.backbone(x)), images)
+
+    def head_logits(self, images: Tensor) -> list[Tensor]:
+        features = self.embed(images)
+        return [head(features) for head in self.heads.heads]
+
+
 @torch.no_grad()
 def predict_in_batches(fn, images: Tensor, batch_size: int = 1024) -> Tensor:
     """Apply `fn` (embed / cluster_logits) over a large float image tensor without running out of memory."""

@@ -11,12 +11,12 @@ from torch import Tensor
 
 from labelless.data.augment import Augment
 from labelless.losses import iic_loss
-from labelless.methods.base import Batch, Method, predict_in_batches
+from labelless.methods.base import Batch, Method, MultiHeadClustering
 from labelless.nn.backbones import build_backbone
 from labelless.nn.heads import ClusterHeads, HeadSelector
 
 
-class IIC(Method):
+class IIC(MultiHeadClustering):
     name = "iic"
 
     def __init__(self, *, k: int, in_channels: int, image_size: int, pretrained: Method | None = None,
@@ -45,13 +45,3 @@ class IIC(Method):
                                 for logits in self.overcluster(features)]).mean()
             loss, logs["overcluster_mi"] = loss + over, -over.detach()
         return loss, logs
-
-    def embed(self, images: Tensor) -> Tensor:
-        return predict_in_batches(self.backbone, images)
-
-    def cluster_logits(self, images: Tensor) -> Tensor:
-        return predict_in_batches(lambda x: self.heads.heads[self.selector.chosen](self.backbone(x)), images)
-
-    def head_logits(self, images: Tensor) -> list[Tensor]:
-        features = self.embed(images)
-        return [head(features) for head in self.heads.heads]

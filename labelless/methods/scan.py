@@ -19,7 +19,7 @@ from labelless.data.augment import Augment
 from labelless.data.stores import ImageStore
 from labelless.evaluate.knn import knn_indices
 from labelless.losses import scan_loss
-from labelless.methods.base import Batch, EpochContext, Method, predict_in_batches
+from labelless.methods.base import Batch, EpochContext, Method, MultiHeadClustering
 from labelless.nn.backbones import build_backbone
 from labelless.nn.heads import ClusterHeads, HeadSelector
 
@@ -31,7 +31,7 @@ def pixel_features(store: ImageStore, batch_size: int = 4096) -> Tensor:
     return flat - flat.mean(0)
 
 
-class SCAN(Method):
+class SCAN(MultiHeadClustering):
     name = "scan"
 
     def __init__(self, *, k: int, in_channels: int, image_size: int, pretrained: Method | None = None,
@@ -91,17 +91,6 @@ class SCAN(Method):
     def parameter_groups(self) -> list[dict]:
         return [{"params": list(self.backbone.parameters()), "lr_scale": self.backbone_lr_scale},
                 {"params": list(self.heads.parameters())}]
-
-    # ---------------------------------------------------------------- inference
-    def embed(self, images: Tensor) -> Tensor:
-        return predict_in_batches(self.backbone, images)
-
-    def cluster_logits(self, images: Tensor) -> Tensor:
-        return predict_in_batches(lambda x: self.heads.heads[self.selector.chosen](self.backbone(x)), images)
-
-    def head_logits(self, images: Tensor) -> list[Tensor]:
-        features = self.embed(images)
-        return [head(features) for head in self.heads.heads]
 
     def state_for_checkpoint(self) -> dict:
         return {"neighbour_indices": None if self.neighbour_indices is None else self.neighbour_indices.cpu()}
