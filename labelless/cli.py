@@ -108,9 +108,9 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_result(run, metrics: dict, dataset: str) -> dict:
+def _run_result(run, metrics: dict, dataset: str, train_split: str) -> dict:
     return {**{k: v for k, v in metrics.items() if k.isupper() or k in ("n", "k", "split", "dataset")},
-            "dataset": dataset, "seconds": time.time() - START, "train_seconds": run.seconds,
+            "dataset": dataset, "train_split": train_split, "seconds": time.time() - START, "train_seconds": run.seconds,
             "method": "pipeline:" + "+".join(s.method["name"] for s in run.config.stages),
             "labels_used_in_training": False, "device": device_name(str(run.device)),
             "run_dir": str(run.run_dir)}
@@ -131,7 +131,10 @@ def _train_and_evaluate(config, args: argparse.Namespace) -> int:
     else:
         eval_store = load_dataset(config.dataset.name, split=eval_split, root=config.dataset.root)
     metrics = evaluate(run, eval_store, eval_split, config.dataset.name, train_store=store)
-    _print(_run_result(run, metrics, config.dataset.name), args.json)
+    from labelless.report import write_report
+
+    write_report(run.run_dir, store=eval_store, split=eval_split, device=str(run.device))
+    _print(_run_result(run, metrics, config.dataset.name, train_split), args.json)
     return 0
 
 
@@ -226,7 +229,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from labelless.data.folder import _shown
-    from labelless.predict import check_writable, load_run, predict_files, sort_into, write_predictions_csv
+    from labelless.predict import (
+        check_writable,
+        load_run,
+        predict_files,
+        sort_into,
+        write_predictions_csv,
+    )
 
     out = Path(args.out)
     check_writable(out.parent)
@@ -258,8 +267,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     store = None
     if args.dataset:
         from labelless.data.sources import load_dataset
+        from labelless.predict import read_run_info
 
-        store = load_dataset(args.dataset, split=args.split, root=args.data_root, **_folder_options(args))
+        options = _folder_options(args)
+        if options and options["image_size"] is None:  # show the images as the model saw them
+            options["image_size"] = read_run_info(args.run_dir).image_size[0]
+        store = load_dataset(args.dataset, split=args.split, root=args.data_root, **options)
     path = write_report(args.run_dir, store=store, split=args.split)
     print(path)
     return 0

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from labelless.config import load_config
+from labelless.config import RunConfig, load_config
 from labelless.data import folder
 from labelless.data.stores import ImageStore
 from labelless.errors import UserError
@@ -37,11 +37,20 @@ from labelless.train import resolve_device
 RUN_FILES = ("config.yaml", "run.json", "model.safetensors")
 
 
-def load_run(path: str | os.PathLike, device: str = "cpu") -> Run:
-    """The run at `path` (a run directory, an exported trio's folder, or its model.safetensors)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+@dataclass
+class RunInfo:
+    """What rebuilding a run needs besides its weights."""
 
+    root: Path
+    config: RunConfig
+    k: int
+    image_size: tuple[int, int]  # (height, width) of the training images
+    channels: int
+
+
+def read_run_info(path: str | os.PathLike) -> RunInfo:
+    """config.yaml + run.json of the run at `path` (a run directory, an exported trio's folder, or its
+    model.safetensors), checked to be all there."""
     root = Path(path)
     if root.is_file() and root.name == "model.safetensors":
         root = root.parent
@@ -57,20 +66,30 @@ def load_run(path: str | os.PathLike, device: str = "cpu") -> Run:
         k, channels, image_size = int(info["k"]), int(info["channels"]), tuple(int(s) for s in info["image_size"])
     except (ValueError, KeyError, TypeError) as error:
         raise UserError(f"{root / 'run.json'} is not a run description ({type(error).__name__}: {error})") from None
+    return RunInfo(root, config, k, image_size, channels)
+
+
+def load_run(path: str | os.PathLike, device: str = "cpu") -> Run:
+    """The run at `path` (see `read_run_info`), its final method on `device` in eval mode."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    info = read_run_info(path)
     # build_method reads only the channels and the input size of the store: one blank image carries them
-    placeholder = ImageStore(torch.zeros(1, *image_size, channels, dtype=torch.uint8))
+    placeholder = ImageStore(torch.zeros(1, *info.image_size, info.channels, dtype=torch.uint8))
     method: Method | None = None
-    for stage in config.stages:
+    for stage in info.config.stages:
         params = dict(stage.method)
-        method = build_method(params.pop("name"), params, k=k, store=placeholder, previous=method,
+        method = build_method(params.pop("name"), params, k=info.k, store=placeholder, previous=method,
                               where=f"stage '{stage.name}'")
+    weights = info.root / "model.safetensors"
     try:
-        tensors = load_file(str(root / "model.safetensors"))
+        tensors = load_file(str(weights))
     except (SafetensorError, OSError) as error:
-        raise UserError(f"{root / 'model.safetensors'} cannot be read: {error}") from None
-    _load_weights(method, tensors, root / "model.safetensors")
+        raise UserError(f"{weights} cannot be read: {error}") from None
+    _load_weights(method, tensors, weights)
     method.to(resolve_device(device)).eval()
-    return Run(config, root, method, k, image_size, channels)
+    return Run(info.config, info.root, method, info.k, info.image_size, info.channels)
 
 
 def _load_weights(method: Method, tensors: dict[str, Tensor], source: Path) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from labelless.data.augment import Augment

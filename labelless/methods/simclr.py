@@ -6,7 +6,6 @@ forward call (one batch of 2N), which keeps the GPU at its large-batch rate (DEV
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 

@@ -21,13 +21,18 @@ import torch
 
 from labelless.data.sources import DEFAULT_SPLIT, load_dataset
 from labelless.data.stores import ImageStore
-from labelless.evaluate.metrics import cluster_metrics, confusion_matrix, hungarian_match
+from labelless.evaluate.metrics import (
+    cluster_metrics,
+    confusion_matrix,
+    hungarian_match,
+)
 from labelless.pipeline import Run
 from labelless.predict import load_run
 from labelless.report import plots
 
 MOST_CONFIDENT, LEAST_CONFIDENT = 16, 8
 BATCH = 512
+TSNE_DIMS, TSNE_ITERATIONS = 50, 500  # 500 iterations: the map's layout has settled; halves the time
 
 
 def write_report(run_dir: str | Path, store: ImageStore | None = None, split: str | None = None,
@@ -160,7 +165,7 @@ def _gallery_section(k: int, images: np.ndarray, clusters: np.ndarray, confidenc
             continue
         order = members[np.argsort(-confidence[members], kind="stable")]
         best = order[:MOST_CONFIDENT]
-        worst = order[::-1][:LEAST_CONFIDENT] if len(order) > MOST_CONFIDENT else order[:0]
+        worst = order[MOST_CONFIDENT:][::-1][:LEAST_CONFIDENT]  # never repeats a most-confident image
         cards.append(f"<div class='card'><h3>{title}</h3><p class='facts'>{facts}</p>"
                      f"<div class='label'>most confident</div>{_thumbs(best, images, confidence, labels, class_names, paths)}"
                      + (f"<div class='label'>least confident</div>"
@@ -196,6 +201,7 @@ def _confusion_section(labels: np.ndarray, clusters: np.ndarray, k: int, class_n
 
 
 def _map_section(run: Run, store: ImageStore, clusters: np.ndarray, points: int, seed: int) -> str:
+    from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
 
     rng = np.random.default_rng(seed)
@@ -205,8 +211,10 @@ def _map_section(run: Run, store: ImageStore, clusters: np.ndarray, points: int,
     index = torch.from_numpy(sample)
     features = torch.cat([run.embed(store.images[index[i:i + BATCH]]) for i in range(0, len(index), BATCH)]).numpy()
     features = features.reshape(len(features), -1)
-    xy = TSNE(n_components=2, init="pca", perplexity=min(30.0, (len(sample) - 1) / 3), random_state=seed
-              ).fit_transform(features)
+    if min(features.shape) > TSNE_DIMS:  # the usual PCA first: t-SNE's neighbour search is cheaper in 50-D
+        features = PCA(TSNE_DIMS, random_state=seed).fit_transform(features)
+    xy = TSNE(n_components=2, init="pca", perplexity=min(30.0, (len(sample) - 1) / 3), max_iter=TSNE_ITERATIONS,
+              random_state=seed).fit_transform(features)
     png = plots.embedding_map(xy, clusters[sample], run.k, store.images[index].cpu().numpy(), seed=seed)
     return ("<section id='map'><h2>Embedding map</h2>"
             f"<p class='note'>t-SNE (scikit-learn) of the final model's embedding for {len(sample)} images sampled "

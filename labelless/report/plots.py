@@ -11,10 +11,10 @@ from collections.abc import Sequence
 import matplotlib
 
 matplotlib.use("Agg")  # before pyplot: a headless server has no display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.offsetbox import AnnotationBbox, OffsetImage  # noqa: E402
-from PIL import Image  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.offsetbox import AnnotationBbox, OffsetImage
+from PIL import Image
 
 DPI = 110
 

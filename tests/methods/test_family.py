@@ -1,0 +1,84 @@
+"""A tiny run of the entropy / pseudo-label family (entropy_margin, iic, pseudo_label, deepcluster) on
+256 MNIST images (synthetic 28×28 digits-like images when MNIST is absent): one CPU epoch each through
+the real pipeline (config → registry → Trainer), finite losses, a prediction per image. The supervised
+reference, which needs labels from the Trainer, is stepped directly."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from labelless.config import load_config
+from labelless.data.stores import ImageStore, to_float
+from labelless.errors import UserError
+from labelless.methods.base import Batch
+from labelless.methods.supervised import Supervised
+from labelless.pipeline import train
+
+MNIST_ROOT = Path("/work/shared/data")
+N_IMAGES = 256
+
+
+@pytest.fixture(scope="module")
+def store() -> ImageStore:
+    if (MNIST_ROOT / "mnist" / "train_00.npz").is_file():
+        from labelless.data.sources import load_dataset
+
+        return load_dataset("mnist", split="train", root=MNIST_ROOT).subset(slice(0, N_IMAGES))
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(N_IMAGES) % 10
+    images = torch.zeros(N_IMAGES, 28, 28, 1, dtype=torch.uint8)
+    for i, label in enumerate(labels.tolist()):  # a bar whose position and angle depend on the class
+        row = 4 + 2 * label + int(torch.randint(0, 2, (1,), generator=generator))
+        images[i, row:row + 3, 4 + label:24 - label // 2] = 255
+    return ImageStore(images, labels)
+
+
+METHODS = {
+    "entropy_margin": {"name": "entropy_margin", "augment": "affine", "max_iterations": 50},
+    "entropy_margin_mi": {"name": "entropy_margin", "augment": "affine", "objective": "mi_margin"},
+    "iic": {"name": "iic", "backbone": "vgg4", "heads": 2, "overcluster_k": 20, "augment": "affine"},
+    "pseudo_label": {"name": "pseudo_label", "augment": "affine"},
+    "deepcluster": {"name": "deepcluster", "augment": "affine", "sobel": True, "pca_dims": 32},
+}
+
+
+@pytest.mark.filterwarnings("ignore::labelless.train.CollapseWarning")  # 2 steps cannot separate clusters
+@pytest.mark.parametrize("key", list(METHODS))
+def test_tiny_run_has_finite_losses_and_predicts(key: str, store: ImageStore, tmp_path: Path):
+    config = load_config({"name": key, "dataset": {"name": "mnist"}, "device": "cpu", "k": 10,
+                          "method": METHODS[key],
+                          "train": {"epochs": 1, "batch_size": 128, "optimizer": "adam", "lr": 1e-3,
+                                    "log_every": 1}})
+    run = train(config, tmp_path, progress=False, store=store)
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 1 and math.isfinite(lines[0]["loss"])
+    assert all(math.isfinite(value) for value in lines[0].values() if isinstance(value, float))
+    probabilities = run.probabilities(store.images[:16])
+    assert probabilities.shape == (16, 10)
+    assert torch.allclose(probabilities.sum(1), torch.ones(16), atol=1e-4)
+    if key == "deepcluster":
+        assert lines[0]["empty_pseudo_clusters"] == 0.0
+
+
+def test_supervised_learns_from_labels_and_refuses_to_run_without_them(store: ImageStore):
+    with pytest.raises(UserError, match="uses_labels"):
+        Supervised(k=10, in_channels=1, image_size=28)
+    torch.manual_seed(0)
+    method = Supervised(k=10, in_channels=1, image_size=28, backbone="vgg4", augment="affine", uses_labels=True)
+    optimizer = torch.optim.Adam(method.parameters(), lr=1e-3)
+    images, labels = to_float(store.images[:64]), store.labels[:64].clone()
+    labels[::4] = -1  # unlabelled rows (weakly-supervised mode) are ignored
+    losses = []
+    for _ in range(3):
+        loss, logs = method.training_step(Batch(images, torch.arange(64), labels))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(value) for value in losses) and 0 <= float(logs["train_accuracy"]) <= 1
+    with pytest.raises(UserError, match="without labels"):
+        method.training_step(Batch(images, torch.arange(64)))
