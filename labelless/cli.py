@@ -112,27 +112,26 @@ def _run_result(run, metrics: dict, dataset: str, train_split: str) -> dict:
     return {**{k: v for k, v in metrics.items() if k.isupper() or k in ("n", "k", "split", "dataset")},
             "dataset": dataset, "train_split": train_split, "seconds": time.time() - START, "train_seconds": run.seconds,
             "method": "pipeline:" + "+".join(s.method["name"] for s in run.config.stages),
-            "labels_used_in_training": False, "device": device_name(str(run.device)),
+            "labels_used_in_training": any(bool(s.method.get("uses_labels")) for s in run.config.stages),
+            "device": device_name(str(run.device)),
             "run_dir": str(run.run_dir)}
 
 
 def _train_and_evaluate(config, args: argparse.Namespace) -> int:
     from labelless.data.sources import DEFAULT_SPLIT, load_dataset
     from labelless.pipeline import evaluate, train
+    from labelless.report import write_report
 
     store = load_dataset(config.dataset.name, split=config.dataset.split, root=config.dataset.root,
                          **config.dataset.options)
-    run = train(config, args.run_dir, resume=getattr(args, "resume", False), progress=not args.json, store=store)
     eval_split = config.dataset.eval_split or _default_eval_split(config.dataset.name)
     train_split = config.dataset.split or ("all" if config.dataset.name.startswith("folder:")
                                            else DEFAULT_SPLIT.get(config.dataset.name, "train"))
-    if eval_split == train_split:
-        eval_store = store
-    else:
-        eval_store = load_dataset(config.dataset.name, split=eval_split, root=config.dataset.root)
+    # loaded before training, so that a split that does not exist fails in a second, not after the run
+    eval_store = store if eval_split == train_split else load_dataset(config.dataset.name, split=eval_split,
+                                                                      root=config.dataset.root)
+    run = train(config, args.run_dir, resume=getattr(args, "resume", False), progress=not args.json, store=store)
     metrics = evaluate(run, eval_store, eval_split, config.dataset.name, train_store=store)
-    from labelless.report import write_report
-
     write_report(run.run_dir, store=eval_store, split=eval_split, device=str(run.device))
     _print(_run_result(run, metrics, config.dataset.name, train_split), args.json)
     return 0

@@ -398,6 +398,13 @@ class Trainer:
                             f"{self.dist.world_size} processes: use a multiple of {self.dist.world_size}")
         self.device = self._init_device(device)
         self.store = store.without_labels().to(self.device)  # once: every batch is then an index gather
+        # Labels reach a batch only when the stage asks for them (`method.uses_labels: true`: the
+        # supervised reference, weakly-supervised runs); the config, saved in the run, records it.
+        self.labels = None
+        if stage.method.get("uses_labels"):
+            if store.labels is None:
+                raise UserError(f"stage '{stage.name}' sets uses_labels but the dataset has no labels")
+            self.labels = store.labels.to(self.device)
         self.steps_per_epoch = steps_per_epoch(len(self.store), self.train.batch_size, self.dist.world_size,
                                                self.train.drop_last)
         if self.steps_per_epoch == 0:
@@ -532,7 +539,8 @@ class Trainer:
         for group in optimizer.param_groups:
             group["lr"] = self.train.lr * group["lr_scale"] * factor
         with self._autocast():
-            loss, logs = step_fn(Batch(self.store.batch(rows), rows))
+            labels = self.labels[rows] if self.labels is not None else None
+            loss, logs = step_fn(Batch(self.store.batch(rows), rows, labels))
         if loss.ndim != 0:
             raise ValueError(f"training_step returned a loss of shape {tuple(loss.shape)}, not a scalar")
         optimizer.zero_grad(set_to_none=True)

@@ -21,13 +21,19 @@ TINY: dict[str, dict] = {
     "lsd_c": {"backbone": "small_cnn", "knn_k": 5},  # kNN pair labels within a batch of 16
     "super_and": {"backbone": "small_cnn", "epochs_per_round": 1},  # epoch 1 = round 1: neighbourhoods in use
     "two_stage": {"backbone": "small_cnn", "heads": 2},  # no previous stage: a fresh encoder (the ablation)
+    "simclr": {"backbone": "small_cnn", "hidden_dim": 32, "projection_dim": 16, "augment": "weak"},
+    "entropy_margin": {"backbone": "small_cnn", "augment": "weak", "max_iterations": 20},
+    "pseudo_label": {"backbone": "small_cnn", "augment": "weak"},
+    "deepcluster": {"backbone": "small_cnn", "augment": "weak", "pca_dims": 8, "kmeans_iterations": 5},
+    "supervised": {"backbone": "small_cnn", "uses_labels": True},  # the fake store below carries labels
 }
 PREVIOUS = {"selflabel": "scan"}  # the stage a continuing method is trained after, in this test
 
 
 def fake_store(n: int = 48, side: int = 16) -> ImageStore:
     g = torch.Generator().manual_seed(0)
-    return ImageStore(torch.randint(0, 256, (n, side, side, 3), dtype=torch.uint8, generator=g))
+    images = torch.randint(0, 256, (n, side, side, 3), dtype=torch.uint8, generator=g)
+    return ImageStore(images, labels=torch.arange(n) % 3)  # labels reach only `uses_labels` stages
 
 
 def train_stage(name: str, store: ImageStore, tmp_path, previous: Method | None = None) -> Method:
