@@ -300,7 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="YAML file, e.g. configs/digits/default.yaml")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
     p.add_argument("--run-dir", help="where to write the run (default: runs/<config name>)")
-    p.add_argument("--resume", action="store_true", help="continue each stage from its checkpoint in --run-dir")
+    p.add_argument("--resume", action="store_true",
+                   help="continue each stage from its checkpoint in --run-dir (stages without one start fresh): "
+                        "repeat the same command to chain time-limited calls")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=cmd_train)
 

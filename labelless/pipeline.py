@@ -105,7 +105,10 @@ def resolve_k(config: RunConfig, store: ImageStore) -> int:
 
 def train(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool = False, progress: bool = True,
           store: ImageStore | None = None) -> Run:
-    """Train every stage of `config` in order; returns the Run (final method, evaluated later)."""
+    """Train every stage of `config` in order; returns the Run (final method, evaluated later).
+
+    With `resume`, each stage continues from its checkpoint in `run_dir` where one exists (a finished
+    stage is just restored) and starts fresh otherwise."""
     start = time.time()
     run_dir = Path(run_dir or Path("runs") / config.name)
     if store is None:
@@ -124,7 +127,9 @@ def train(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool 
         method = build_method(params.pop("name"), params, k=k, store=store, previous=previous,
                               where=f"stage '{stage.name}'")
         trainer = Trainer(stage, store, run_dir, device, seed=config.seed, progress=progress)
-        previous = trainer.fit(method, resume=resume)
+        # a stage not reached before the interruption starts fresh, so one command (`train --resume`)
+        # serves every call of a chain of time-limited calls, the first included
+        previous = trainer.fit(method, resume=resume and trainer.checkpoint_path.is_file())
     export_weights(previous, run_dir / "model.safetensors", {"method": previous.name, "k": str(k)})
     # run.json: what labelless.predict.load_run needs to rebuild the model without the data (issue 7)
     (run_dir / "run.json").write_text(json.dumps({"k": k, "image_size": list(store.image_size), "channels": store.channels,

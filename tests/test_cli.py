@@ -1,5 +1,6 @@
 """The CLI contract other issues build on: forms, --json keys, one-line errors with exit code 2."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -85,3 +86,17 @@ def test_help_documents_every_option():
     for name, command in commands.items():
         for action in command._actions:
             assert action.help, f"'labelless {name}' option {action.option_strings or action.dest} has no help"
+
+
+def test_train_resume_restores_finished_stages_and_starts_missing_ones(capsys, tmp_path):
+    """`train --resume` on an empty run directory starts fresh; repeated, it restores every stage and
+    predicts exactly the same clusters (the chained-calls workflow of a time-limited GPU)."""
+    config = Path(__file__).resolve().parents[1] / "configs" / "digits" / "default.yaml"
+    argv = ["train", "--config", str(config), "--run-dir", str(tmp_path), "--json", "--resume",
+            "--set", "stages.0.train.epochs=1", "--set", "stages.1.train.epochs=1", "--set", "device=cpu"]
+    code, first, _ = run_cli(capsys, *argv)
+    predictions = (tmp_path / "predictions.csv").read_text()
+    code_again, again, _ = run_cli(capsys, *argv)
+    assert code == code_again == 0
+    assert json.loads(again)["ACC"] == json.loads(first)["ACC"]
+    assert (tmp_path / "predictions.csv").read_text() == predictions
