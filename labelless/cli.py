@@ -214,6 +214,13 @@ def _read_predictions(path: Path):
     return table[:, 0].astype(np.int64), table[:, 1].astype(np.int64), probabilities
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from labelless.demo_margin import demo_margin
+
+    print(demo_margin(args.out, gammas=tuple(args.gamma)))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     import importlib.util
 
@@ -361,6 +368,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder:PATH only: take labels from the first-level subfolder names (evaluation only)")
     p.add_argument("--image-size", type=int, help="folder:PATH only: resize to this side (default: the run's)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("demo", help="margin: the entropy-clustering margin demo (decision regions for several γ)",
+                       description="Zhang & Boykov's toy: 2-D blobs, a linear softmax classifier trained with the "
+                                   "entropy clustering loss and γ‖v‖²; one panel per γ, saturation = confidence.")
+    p.add_argument("name", choices=["margin"], help="which demo")
+    p.add_argument("--out", default="margin.png", help="PNG to write (default: margin.png)")
+    p.add_argument("--gamma", type=float, nargs="+", default=[0.0, 0.01, 0.1], help="margin weights, one panel each")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("list", help="list registered methods, datasets, backbones or augmentations")
     p.add_argument("what", choices=["methods", "datasets", "backbones", "augments"], help="which registry to list")

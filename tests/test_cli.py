@@ -100,3 +100,8 @@ def test_train_resume_restores_finished_stages_and_starts_missing_ones(capsys, t
     assert code == code_again == 0
     assert json.loads(again)["ACC"] == json.loads(first)["ACC"]
     assert (tmp_path / "predictions.csv").read_text() == predictions
+
+
+def test_demo_margin_writes_its_png(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "demo", "margin", "--out", str(tmp_path / "m.png"), "--gamma", "0", "0.1")
+    assert code == 0 and (tmp_path / "m.png").stat().st_size > 10_000
