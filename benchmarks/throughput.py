@@ -44,6 +44,7 @@ from labelless.data.augment import Augment
 from labelless.data.stores import ImageStore
 from labelless.errors import UserError
 from labelless.losses.contrastive import nt_xent_loss
+from labelless.methods.simclr import projection_head
 from labelless.nn.backbones import build_backbone, list_backbones
 from labelless.train import resolve_device
 
@@ -59,20 +60,6 @@ JITTER_P = 0.8
 GRAYSCALE_P = 0.2
 
 
-class SimCLRNet(nn.Module):
-    """Backbone + SimCLR's projector (Linear-BN-ReLU-Linear, num_features → 2048 → 128), the head of
-    DEVICE.md's calibration run, so that (a) is comparable with its 44.9k view-img/s."""
-
-    def __init__(self, backbone: nn.Module, num_features: int, hidden: int = 2048, out: int = 128) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.projector = nn.Sequential(nn.Linear(num_features, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
-                                       nn.Linear(hidden, out))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.projector(self.backbone(x))  # 2N×out
-
-
 def build_step(backbone: str, channels: int, image_size: int, device: torch.device) -> Callable[[Tensor], None]:
     """A fresh model and optimiser (same seed for every path, so each path starts from the same
     weights) and the training step that all three paths share: `step(views)` with views 2N×C×H×W,
@@ -80,7 +67,9 @@ def build_step(backbone: str, channels: int, image_size: int, device: torch.devi
     the Trainer does; both views go through one forward, as in the calibration run."""
     torch.manual_seed(SEED)
     net = build_backbone(backbone, channels, image_size)
-    model = SimCLRNet(net, net.num_features).to(device)
+    # backbone + SimCLR's projector (num_features → 2048 → 128), the model of DEVICE.md's calibration
+    # run, so that (a) is comparable with its 44.9k view-img/s
+    model = nn.Sequential(net, projection_head(net.num_features, 2048, 128)).to(device)
     cuda = device.type == "cuda"
     if cuda:
         model = model.to(memory_format=torch.channels_last)
