@@ -21,33 +21,14 @@ PROCESS_START = time.perf_counter()  # before the heavy imports: RESULTS.md's wa
 
 import argparse
 import json
-import os
 import shlex
-import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 from labelless.baselines import BASELINES, run_baseline
 from labelless.data import load_dataset
-
-
-def cpu_device() -> str:
-    """RESULTS.md's CPU device string: "cpu: <model name>, <n> cores"."""
-    model = "unknown"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return f"cpu: {model}, {os.cpu_count()} cores"
-
-
-def git_commit() -> str:
-    done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parent)
-    return done.stdout.strip() if done.returncode == 0 else "uncommitted"
+from labelless.provenance import device_name, git_commit
 
 
 def main() -> None:
@@ -79,11 +60,11 @@ def main() -> None:
             "n_train": result["n"],
             "n_scored": result["n_scored"],
             "pca_dims": result["pca_dims"],
-            "device": cpu_device(),
+            "device": device_name("cpu"),
             "wall_seconds": round(setup_seconds + result["seconds"], 1),
             "fit_seconds": round(result["seconds"], 1),
             "command": shlex.join(["python", "benchmarks/baselines.py", *sys.argv[1:]]),
-            "commit": git_commit(),
+            "commit": git_commit() or "unknown",
             "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
         path = args.out_dir / f"baseline-{name}-{args.dataset}.json"

@@ -16,14 +16,9 @@ import sys
 import time
 from pathlib import Path
 
+from labelless.provenance import git_commit
+
 METRICS = ("ACC", "NMI", "ARI", "KNN", "ACC_CONFIDENT", "CONFIDENT_FRACTION", "ACC_VOTE")
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": first["device"],
         "wall_seconds": statistics.mean(r["wall_seconds"] for r in runs),
         "command": "labelless " + " ".join(command) + " --seed S --json",
-        "commit": commit(),
+        "commit": git_commit() or "unknown",
         "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")

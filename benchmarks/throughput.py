@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import shlex
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -38,7 +37,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torchvision import transforms
 
-from labelless.cli import device_name
+from labelless.provenance import device_name, git_commit
 from labelless.data import load_dataset
 from labelless.data.augment import Augment
 from labelless.data.stores import ImageStore
@@ -191,17 +190,6 @@ def load_images(dataset: str, data_root: str | None) -> ImageStore:
         images = torch.randint(0, 256, (SYNTHETIC_IMAGES, 32, 32, 3), dtype=torch.uint8, generator=generator)
         return ImageStore(images, source=f"synthetic ({SYNTHETIC_IMAGES} random 32×32 RGB images)")
     return load_dataset(dataset, split="train", root=data_root).without_labels()
-
-
-def git_commit() -> str | None:
-    """HEAD of the checkout this file is in; None where there is no git history (the device machine
-    gets a copy of the working tree without `.git`: pass --commit there)."""
-    try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).resolve().parent)
-    except OSError:
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:

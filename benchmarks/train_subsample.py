@@ -25,9 +25,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from baselines import cpu_device, git_commit  # this script's folder is on sys.path
 
 from labelless.config import load_config
+from labelless.provenance import device_name, git_commit
 from labelless.data import load_dataset
 from labelless.pipeline import evaluate, train
 
@@ -68,12 +68,12 @@ def main() -> None:
         "head_selection": "lowest_loss" if "ACC_PER_HEAD" in metrics else "single_head",
         "acc_per_head": metrics.get("ACC_PER_HEAD"),
         "labels_used_in_training": any(bool(s.method.get("uses_labels")) for s in stages),
-        "device": cpu_device() if run.device.type == "cpu" else torch.cuda.get_device_name(run.device),
+        "device": device_name(str(run.device)),
         "wall_seconds": round(time.perf_counter() - PROCESS_START, 1),
         "train_seconds": round(run.seconds, 1),
         "eval_seconds": round(metrics["eval_seconds"], 1),
         "command": shlex.join(["python", "benchmarks/train_subsample.py", *sys.argv[1:]]),
-        "commit": git_commit(),
+        "commit": git_commit() or "unknown",
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -5,37 +5,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 
 from labelless.errors import UserError
+from labelless.provenance import device_name
 
 START = time.time()
 
 DATASET_HELP = ("dataset name: cifar10, mnist, digits (bundled, no download), cifar100, cifar20, stl10, svhn, "
                 "or folder:PATH for your own images")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def device_name(device: str) -> str:
-    import os
-
-    import torch
-
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    return f"cpu: {_cpu_name()}, {os.cpu_count()} cores"
 
 
 def _add_data_options(p: argparse.ArgumentParser, split_help: str) -> None:
