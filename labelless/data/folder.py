@@ -25,22 +25,36 @@ Decisions, so that a folder of real-world files loads without surprises:
   common.
 - File names that are not valid UTF-8 are kept as Python's surrogate-escaped strings
   (`os.fsdecode`), so `store.paths` can always be opened again.
+- Memory: every read prints its `memory_plan` on stderr. A folder whose decoded pixels exceed half
+  the available RAM (or any folder with `stream="always"` / `LABELLESS_STREAM=always`) is decoded
+  into a `.npy` cache file and memory-mapped (`store.streamed`): `cache_dir`, default
+  `$LABELLESS_CACHE`, else `$XDG_CACHE_HOME/labelless`, else `~/.cache/labelless`, one file per
+  (folder, size, channels, labels_from_folders). A JSON sidecar fingerprints the file list (path,
+  size, mtime), the target shape, the Pillow version and `CACHE_VERSION`; a later read with the same
+  fingerprint reuses the file without decoding, any change rebuilds it.
 """
 from __future__ import annotations
 
+import errno
+import hashlib
+import json
 import os
+import shutil
+import sys
 import warnings
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import PIL
 import torch
 from PIL import ExifTags, Image, ImageOps
 
-from labelless.data.stores import ImageStore
+from labelless.data.stores import ImageStore, MemoryPlan, format_bytes, memory_plan
 from labelless.errors import UserError
 
 DEFAULT_SIZE = 64  # 100k images × 64×64×3 = 1.2 GB: fits beside a model on any GPU
@@ -50,6 +64,8 @@ PROGRESS_MIN_FILES = 200
 GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 SIXTEEN_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 ROTATED_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that swap width and height
+CACHE_ENV = "LABELLESS_CACHE"
+CACHE_VERSION = 1  # bump when decoding changes what a cached row holds
 
 
 @dataclass
@@ -61,8 +77,13 @@ class _Header:
 
 
 def read_folder(path: str | os.PathLike, image_size: int | None = None, labels_from_folders: bool = False,
-                max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = True) -> ImageStore:
-    """Every image under `path` as one uint8 store; unreadable files are skipped and listed (see module doc)."""
+                max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = True, stream: str | None = None,
+                cache_dir: str | os.PathLike | None = None) -> ImageStore:
+    """Every image under `path` as one uint8 store; unreadable files are skipped and listed (see module doc).
+
+    `stream`: 'auto' (by size), 'always' or 'never' (default `$LABELLESS_STREAM`, else 'auto');
+    `cache_dir`: where a streamed folder's decoded pixels go (see module doc).
+    """
     root = os.fsdecode(path)
     if not os.path.isdir(root):
         raise UserError(f"folder '{_shown(root)}' does not exist or is not a directory")
@@ -80,7 +101,14 @@ def read_folder(path: str | os.PathLike, image_size: int | None = None, labels_f
                             f"(first: {_shown(skipped[0][0])}: {skipped[0][1]})")
         size, why = _target_size(headers, image_size)
         channels = 1 if all(h.gray for h in headers) else 3
-        images, kept = _decode_all(headers, size, channels, progress, skipped)
+        plan = memory_plan(len(headers), size[1], size[0], channels, mode=stream)
+        if plan.stream:
+            images, kept, plan = _decode_cached(root, headers, size, channels, progress, skipped, plan,
+                                                _cache_file(root, size, channels, labels_from_folders, cache_dir))
+        else:
+            _print_plan(root, plan)
+            images, kept = _decode_all(headers, size, channels, progress, skipped)
+            images = images if len(kept) == len(images) else images[kept]
     _warn_skipped(root, skipped)
     if not kept:
         raise UserError(f"no image under '{_shown(root)}' could be decoded (first: {_shown(skipped[0][0])}: "
@@ -88,12 +116,13 @@ def read_folder(path: str | os.PathLike, image_size: int | None = None, labels_f
     kept_headers = [headers[i] for i in kept]
     labels, class_names = _labels(kept_headers) if labels_from_folders else (None, None)
     return ImageStore(
-        images=torch.from_numpy(images if len(kept) == len(images) else images[kept]),
+        images=torch.from_numpy(images),
         labels=labels,
         class_names=class_names,
         source=f"folder {_shown(root)} ({len(kept)} images, {size[1]}×{size[0]}×{channels}, {why})",
         paths=[h.path for h in kept_headers],
         skipped=sorted(skipped),
+        streamed=plan.stream,
     )
 
 
@@ -180,14 +209,15 @@ def _target_size(headers: list[_Header], image_size: int | None) -> tuple[tuple[
 
 
 def _decode_all(headers: list[_Header], size: tuple[int, int], channels: int, progress: bool,
-                skipped: list[tuple[str, str]]) -> tuple[np.ndarray, list[int]]:
-    """Decode into one preallocated N×H×W×C array; rows that fail are left out of `kept`."""
-    images = np.zeros((len(headers), size[1], size[0], channels), dtype=np.uint8)
+                skipped: list[tuple[str, str]], out: np.ndarray | None = None) -> tuple[np.ndarray, list[int]]:
+    """Decode into one preallocated N×H×W×C array (`out`, e.g. a memory map, or a new one); rows that
+    fail are left out of `kept`."""
+    images = np.zeros((len(headers), size[1], size[0], channels), dtype=np.uint8) if out is None else out
     kept = []
     mode = "L" if channels == 1 else "RGB"
     # Pillow releases the GIL while decoding, so threads use every core without pickling arrays
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        decoded = pool.map(lambda h: _decode(h.path, size, mode), headers)
+        decoded = _map_ahead(pool, lambda h: _decode(h.path, size, mode), headers)
         for row, (array, reason) in enumerate(_progress(decoded, len(headers), "decoding images", progress)):
             if array is None:
                 skipped.append((headers[row].path, reason))
@@ -195,6 +225,130 @@ def _decode_all(headers: list[_Header], size: tuple[int, int], channels: int, pr
                 images[row] = array.reshape(images.shape[1:])
                 kept.append(row)
     return images, kept
+
+
+def _map_ahead(pool: ThreadPoolExecutor, fn: Callable, items: list, ahead: int = 256) -> Iterator:
+    """`pool.map` in order, but at most `ahead` items in flight: `map` would submit every file at
+    once, holding a future (and, when the consumer lags, a decoded image) per file."""
+    pending: deque = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def _cache_file(root: str, size: tuple[int, int], channels: int, labels_from_folders: bool,
+                cache_dir: str | os.PathLike | None) -> Path:
+    """One cache file per folder and shape, so that a changed folder overwrites its stale cache."""
+    if cache_dir is None:
+        cache_dir = os.environ.get(CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache",
+                                                      "labelless")
+    key = json.dumps([os.fsencode(os.path.realpath(root)).hex(), size, channels, labels_from_folders])
+    name = os.path.basename(os.path.normpath(root)).encode("ascii", "replace").decode()
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:40] or "folder"
+    return Path(cache_dir).expanduser() / f"{safe}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npy"
+
+
+def _fingerprint(headers: list[_Header], shape: tuple[int, ...]) -> str:
+    """What a cache's rows depend on: the files (path, size, mtime), the shape, the decoder."""
+    digest = hashlib.sha256(json.dumps([CACHE_VERSION, PIL.__version__, list(shape)]).encode())
+    for h in headers:
+        try:
+            stat = os.stat(h.path)
+            state = f"{stat.st_size} {stat.st_mtime_ns}"
+        except OSError as e:  # gone since its header was read: decoding will skip it, the cache must not match
+            state = f"{type(e).__name__}"
+        digest.update(os.fsencode(h.path) + b"\0" + f"{state}\n".encode())
+    return digest.hexdigest()
+
+
+def _decode_cached(root: str, headers: list[_Header], size: tuple[int, int], channels: int, progress: bool,
+                   skipped: list[tuple[str, str]], plan: MemoryPlan, cache: Path
+                   ) -> tuple[np.ndarray, list[int], MemoryPlan]:
+    """Decode into `cache` (unless it already holds these files) and memory-map its kept rows.
+
+    The map is copy-on-write: writing into `store.images` changes this process's pages, never the file.
+    """
+    shape = (len(headers), size[1], size[0], channels)
+    fingerprint = _fingerprint(headers, shape)
+    sidecar = cache.with_suffix(".json")
+    meta = _read_sidecar(sidecar, fingerprint, cache)
+    plan = replace(plan, cache_path=str(cache), cache_reused=meta is not None)
+    _print_plan(root, plan)
+    if meta is None:
+        meta = _write_cache(headers, size, channels, progress, shape, fingerprint, cache, sidecar)
+    failed = {int(row): reason for row, reason in meta["failed"]}
+    skipped += [(headers[row].path, reason) for row, reason in failed.items()]
+    kept = [row for row in range(len(headers)) if row not in failed]
+    images = np.load(cache, mmap_mode="c")[:len(kept)]
+    return images, kept, plan
+
+
+def _read_sidecar(sidecar: Path, fingerprint: str, cache: Path) -> dict | None:
+    """The sidecar of a complete cache of these very files, else None."""
+    try:
+        meta = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("fingerprint") != fingerprint or not cache.is_file():
+        return None
+    return meta
+
+
+def _write_cache(headers: list[_Header], size: tuple[int, int], channels: int, progress: bool,
+                 shape: tuple[int, ...], fingerprint: str, cache: Path, sidecar: Path) -> dict:
+    """Decode every row into a new .npy, kept rows first, then publish it and its sidecar atomically."""
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    nbytes = int(np.prod(shape))
+    free = shutil.disk_usage(cache.parent).free
+    if nbytes > free:
+        raise UserError(f"the decoded images need {format_bytes(nbytes)} in {cache.parent}, which has "
+                        f"{format_bytes(free)} free: point ${CACHE_ENV} at a larger disk")
+    partial = cache.with_name(f"{cache.name}.{os.getpid()}.partial")
+    sidecar.unlink(missing_ok=True)  # from here on, the old cache is invalid
+    try:
+        out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=shape)
+        _reserve(partial, nbytes)
+        decode_skipped: list[tuple[str, str]] = []
+        _, kept = _decode_all(headers, size, channels, progress, decode_skipped, out)
+        for row, source in enumerate(kept):  # compact: kept rows first, so the store is one slice
+            if row != source:
+                out[row] = out[source]
+        out.flush()
+        del out
+        os.replace(partial, cache)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    reasons = dict(decode_skipped)
+    kept_rows = set(kept)
+    meta = {"fingerprint": fingerprint, "shape": list(shape), "rows": len(kept),
+            "failed": [[row, reasons[h.path]] for row, h in enumerate(headers) if row not in kept_rows]}
+    temporary = sidecar.with_name(f"{sidecar.name}.{os.getpid()}.partial")
+    temporary.write_text(json.dumps(meta))
+    os.replace(temporary, sidecar)
+    return meta
+
+
+def _print_plan(root: str, plan: MemoryPlan) -> None:
+    print(f"labelless: folder {_shown(root)}: {plan.describe()}", file=sys.stderr)
+
+
+def _reserve(path: Path, nbytes: int) -> None:
+    """Allocate the file's blocks now: a full disk then fails here, not as SIGBUS inside the map."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise UserError(f"no room for {format_bytes(nbytes)} of decoded images in {path.parent}: "
+                                f"point ${CACHE_ENV} at a larger disk") from None
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
 
 
 def _decode(file: str, size: tuple[int, int], mode: str) -> tuple[np.ndarray | None, str]:
