@@ -52,6 +52,29 @@ def _positive(text: str) -> int:
     return value
 
 
+def _k_choice(args: argparse.Namespace) -> tuple[int | None, range | None]:
+    """(K, None) for `--k N`, (None, range) for `--k auto [--k-range LOW..HIGH]`, (None, None) without --k."""
+    from labelless.kselect import parse_k_range
+
+    if args.k != "auto":
+        if args.k_range is not None:
+            raise UserError("--k-range needs --k auto")
+        if args.k is None:
+            return None, None
+        try:
+            return _positive(args.k), None
+        except (ValueError, argparse.ArgumentTypeError):
+            raise UserError(f"--k must be a positive integer or 'auto', got '{args.k}'") from None
+    return None, parse_k_range(args.k_range or "2..30")
+
+
+def _add_k_options(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--k", help=f"number of clusters (default: {default}), or 'auto' to choose it without labels: "
+                               "the embedding stage trains once, then K is scored by silhouette, Davies-Bouldin and "
+                               "stability (see k_selection.json in the run directory)")
+    p.add_argument("--k-range", metavar="LOW..HIGH", help="with --k auto: the Ks to try, inclusive (default 2..30)")
+
+
 # ------------------------------------------------------------------------------------------ commands
 def cmd_list(args: argparse.Namespace) -> int:
     from labelless import registry
@@ -97,7 +120,7 @@ def _run_result(run, metrics: dict, dataset: str, train_split: str) -> dict:
             "run_dir": str(run.run_dir)}
 
 
-def _train_and_evaluate(config, args: argparse.Namespace) -> int:
+def _train_and_evaluate(config, args: argparse.Namespace, k_range: range | None = None) -> int:
     from labelless.data.sources import DEFAULT_SPLIT, load_dataset
     from labelless.pipeline import evaluate, train
     from labelless.report import write_report
@@ -110,7 +133,8 @@ def _train_and_evaluate(config, args: argparse.Namespace) -> int:
     # loaded before training, so that a split that does not exist fails in a second, not after the run
     eval_store = store if eval_split == train_split else load_dataset(config.dataset.name, split=eval_split,
                                                                       root=config.dataset.root)
-    run = train(config, args.run_dir, resume=getattr(args, "resume", False), progress=not args.json, store=store)
+    run = train(config, args.run_dir, resume=getattr(args, "resume", False), progress=not args.json, store=store,
+                k_range=k_range)
     metrics = evaluate(run, eval_store, eval_split, config.dataset.name, train_store=store)
     write_report(run.run_dir, store=eval_store, split=eval_split, device=str(run.device))
     _print(_run_result(run, metrics, config.dataset.name, train_split), args.json)
@@ -126,9 +150,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from labelless.pipeline import default_config_path
 
     dataset_key = "folder" if args.dataset.startswith("folder:") else args.dataset
+    k, k_range = _k_choice(args)
     overrides = [f"seed={args.seed}", f"device={args.device}"] + (args.set or [])
-    if args.k is not None:
-        overrides.append(f"k={args.k}")
+    if k is not None:
+        overrides.append(f"k={k}")
     config = load_config(default_config_path(dataset_key), overrides)
     config.dataset.name = args.dataset
     config.dataset.root = args.data_root or config.dataset.root
@@ -136,15 +161,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.split:
         config.dataset.eval_split = args.split
     args.run_dir = args.run_dir or str(Path("runs") / f"{config.name}-seed{args.seed}")
-    return _train_and_evaluate(config, args)
+    return _train_and_evaluate(config, args, k_range)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from labelless.config import load_config
 
-    config = load_config(args.config, args.set or [])
+    k, k_range = _k_choice(args)
+    config = load_config(args.config, (args.set or []) + ([f"k={k}"] if k is not None else []))
     args.run_dir = args.run_dir or str(Path("runs") / config.name)
-    return _train_and_evaluate(config, args)
+    return _train_and_evaluate(config, args, k_range)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -201,10 +227,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+BENCHMARKS = {"throughput": "throughput", "tta": "time_to_accuracy"}  # `labelless bench NAME` → benchmarks/<file>.py
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     import importlib.util
 
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{args.name}.py"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{BENCHMARKS[args.name]}.py"
     if not script.is_file():
         raise UserError(f"benchmark '{args.name}' needs the source checkout ({script} is missing)")
     spec = importlib.util.spec_from_file_location(f"labelless_bench_{args.name}", script)
@@ -274,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="The one-shot job: train the dataset's default pipeline (configs/<dataset>/"
                                    "default.yaml), score it when labels exist, write runs/<name>/.")
     _add_data_options(p, "split to score (default: test where it exists, else all)")
-    p.add_argument("--k", type=_positive, help="number of clusters (default: the dataset's class count)")
+    _add_k_options(p, "the dataset's class count")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (GPU when present)")
     p.add_argument("--seed", type=int, default=0, help="random seed; report mean ± std over several")
     p.add_argument("--run-dir", help="where to write the run (default: runs/<config name>-seed<seed>)")
@@ -286,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a YAML config (a method or a pipeline of stages)")
     p.add_argument("--config", required=True, help="YAML file, e.g. configs/digits/default.yaml")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
+    _add_k_options(p, "the config's k, else the dataset's class count")
     p.add_argument("--run-dir", help="where to write the run (default: runs/<config name>)")
     p.add_argument("--resume", action="store_true",
                    help="continue each stage from its checkpoint in --run-dir (stages without one start fresh): "
@@ -310,10 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=cmd_baseline)
 
-    p = sub.add_parser("bench", help="run a benchmark from benchmarks/ (throughput); its options follow the name",
+    p = sub.add_parser("bench", help="run a benchmark from benchmarks/ (throughput, tta); its options follow the name",
                        description="Benchmarks write benchmarks/results/*.json (RESULTS.md). "
                                    "`labelless bench throughput --help` lists the benchmark's own options.")
-    p.add_argument("name", choices=["throughput"], help="which benchmark")
+    p.add_argument("name", choices=sorted(BENCHMARKS), help="which benchmark: throughput, or tta (time to accuracy)")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark's own options")
     p.set_defaults(func=cmd_bench)
 

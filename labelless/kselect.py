@@ -26,6 +26,8 @@ from sklearn.metrics import adjusted_rand_score, davies_bouldin_score, silhouett
 from labelless.errors import UserError
 
 CRITERIA = {"silhouette": True, "davies_bouldin": False, "stability": True}  # name → higher is better
+RULE = ("lowest mean rank over silhouette (higher better), Davies-Bouldin (lower better) and "
+        "stability ARI (higher better); ties go to the smaller K")
 
 
 @dataclass
@@ -80,6 +82,14 @@ def scores_table(scores: list[KScore]) -> list[dict]:
     """Rows for printing or JSON."""
     return [{key: round(value, 4) if isinstance(value, float) else value for key, value in asdict(s).items()}
             for s in scores]
+
+
+def format_scores(scores: list[KScore], chosen: int) -> str:
+    """A small text table, the chosen K marked with '*'."""
+    lines = ["    K  silhouette  davies_bouldin  stability  mean_rank"]
+    lines += [f"{'*' if s.k == chosen else ' '}{s.k:4d}  {s.silhouette:10.4f}  {s.davies_bouldin:14.4f}  "
+              f"{s.stability:9.4f}  {s.mean_rank:9.2f}" for s in scores]
+    return "\n".join(lines)
 
 
 def _kmeans(k: int, seed: int) -> KMeans:

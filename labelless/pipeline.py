@@ -3,15 +3,18 @@ to the next as `pretrained`), evaluate on the split the config names, write the 
 
 Run directory: `config.yaml` (resolved), `metrics.jsonl` (training), `tb/`, `checkpoints/`,
 `artefacts/` (e.g. mined neighbours), `model.safetensors` (the final stage), `predictions.csv`,
-`metrics.json` (the evaluation, when labels exist).
+`metrics.json` (the evaluation, when labels exist), `k_selection.json` (with `--k auto`).
 """
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -22,12 +25,18 @@ from labelless.data.stores import ImageStore, to_float
 from labelless.errors import UserError
 from labelless.evaluate.knn import knn_accuracy
 from labelless.evaluate.metrics import cluster_metrics
+from labelless.kselect import RULE, format_scores, scores_table, select_k
 from labelless.methods.base import Method
+from labelless.methods.scan import pixel_features
 from labelless.registry import METHODS, NEEDS_PREVIOUS_STAGE
 from labelless.train import Trainer, export_weights, resolve_device
 
 PROJECT_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 CONFIDENT_THRESHOLD = 0.9  # LSD-C reports the share of samples above 0.9 and their ACC
+# Run.probabilities/embed/head_logits convert this many images to float at a time: a whole store as
+# float takes 4× its uint8 size, and a memory-mapped store would be read into memory whole.
+EVAL_BATCH = 1024
+K_SELECTION_MAX_IMAGES = 10_000  # `--k auto` scores K on a random subset this large (k-means per K runs on the CPU)
 
 
 @dataclass
@@ -48,9 +57,15 @@ class Run:
         return next(self.method.parameters()).device
 
     def _float(self, images: Tensor) -> Tensor:
-        if images.dtype == torch.uint8:  # N×H×W×C as an ImageStore holds them
-            images = to_float(images)
-        return images.to(self.device)
+        images = images.to(self.device)  # before the conversion: uint8 crosses in 4× fewer bytes
+        return to_float(images) if images.dtype == torch.uint8 else images  # N×H×W×C as a store holds them
+
+    def _in_chunks(self, fn, images: Tensor) -> list:
+        """`fn` over EVAL_BATCH images at a time (at least one call, so that an empty input still says
+        whether the method has cluster logits)."""
+        self.method.eval()
+        starts = range(0, max(len(images), 1), EVAL_BATCH)
+        return [fn(self._float(images[start:start + EVAL_BATCH])) for start in starts]
 
     @property
     @torch.no_grad()
@@ -63,11 +78,10 @@ class Run:
     @torch.no_grad()
     def probabilities(self, images: Tensor) -> Tensor:
         """N×K cluster probabilities of the chosen head."""
-        self.method.eval()
-        logits = self.method.cluster_logits(self._float(images))
-        if logits is None:
+        chunks = self._in_chunks(self.method.cluster_logits, images)
+        if chunks[0] is None:
             raise UserError(f"method '{self.method.name}' learns an embedding, not clusters")
-        return logits.float().softmax(1).cpu()
+        return torch.cat([logits.float().softmax(1).cpu() for logits in chunks])
 
     def predict(self, images: Tensor) -> Tensor:
         """N cluster ids."""
@@ -75,8 +89,15 @@ class Run:
 
     @torch.no_grad()
     def embed(self, images: Tensor) -> Tensor:
-        self.method.eval()
-        return self.method.embed(self._float(images)).float().cpu()
+        return torch.cat([features.float().cpu() for features in self._in_chunks(self.method.embed, images)])
+
+    @torch.no_grad()
+    def head_logits(self, images: Tensor) -> list[Tensor] | None:
+        """N×K logits of every head (multi-head methods), None for pure embedding methods."""
+        chunks = self._in_chunks(self.method.head_logits, images)
+        if chunks[0] is None:
+            return None
+        return [torch.cat([heads[h].float().cpu() for heads in chunks]) for h in range(len(chunks[0]))]
 
 
 def build_method(name: str, params: dict, *, k: int, store: ImageStore, previous: Method | None,
@@ -103,18 +124,61 @@ def resolve_k(config: RunConfig, store: ImageStore) -> int:
     return k
 
 
+def embedding_only(method_name: str) -> bool:
+    """True for methods that learn an embedding and no cluster head (SimCLR, Super-AND, RotNet): they
+    leave `Method.cluster_logits` as the base class's None, and their K is unused."""
+    return METHODS[method_name].cluster_logits is Method.cluster_logits
+
+
+def choose_k(config: RunConfig, embedding_stage: Method | None, store: ImageStore, k_range: range, run_dir: Path,
+             resume: bool = False, pixel_space: str = "centred") -> int:
+    """`--k auto`: K chosen by `labelless.kselect.select_k` on the shared embedding — the trained
+    leading embedding-only stages' `embed` output, or, when the pipeline starts with a clustering stage
+    (the digits and MNIST defaults: SCAN on pixel neighbours), the flattened pixels centred on the
+    dataset mean (SCAN's own neighbour space; deskewed first when the SCAN stage says `pixel_space: deskewed`). Images only: the labels never reach it. Scored on a
+    random subset of at most `K_SELECTION_MAX_IMAGES` images; prints the table to stderr and writes
+    `run_dir/k_selection.json`. A resumed run keeps the K it chose before, so that the checkpoints of
+    later stages still fit."""
+    path = run_dir / "k_selection.json"
+    wanted = [k_range[0], k_range[-1]]
+    if resume and path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("k_range") == wanted:
+            return int(saved["k"])
+    seed = config.seed
+    subset = torch.randperm(len(store), generator=torch.Generator().manual_seed(seed))[:K_SELECTION_MAX_IMAGES]
+    images = ImageStore(store.images[subset.sort().values.to(store.images.device)])
+    if embedding_stage is None:
+        deskewed = pixel_space == "deskewed"
+        features = pixel_features(images, deskewed=deskewed)
+        source = f"{'deskewed ' if deskewed else ''}pixels centred on the dataset mean"
+    else:
+        run = Run(config, run_dir, embedding_stage, k_range[0], store.image_size, store.channels)
+        features, source = run.embed(images.images), f"the embedding of the trained '{embedding_stage.name}' stage"
+    k, scores = select_k(features.float().cpu().numpy(), k_range, seed=seed)
+    print(f"labelless: --k auto on {source} ({len(images)} images), K range {wanted[0]}..{wanted[1]}; "
+          f"rule: {RULE}\n{format_scores(scores, k)}\nlabelless: chose K = {k}", file=sys.stderr)
+    path.write_text(json.dumps({"k": k, "k_range": wanted, "embedding": source, "images": len(images),
+                                "seed": seed, "rule": RULE, "scores": scores_table(scores)}, indent=2) + "\n")
+    return k
+
+
 def train(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool = False, progress: bool = True,
-          store: ImageStore | None = None) -> Run:
+          store: ImageStore | None = None, k_range: range | None = None,
+          on_epoch_end: Callable[[str, int, Method], None] | None = None) -> Run:
     """Train every stage of `config` in order; returns the Run (final method, evaluated later).
 
     With `resume`, each stage continues from its checkpoint in `run_dir` where one exists (a finished
-    stage is just restored) and starts fresh otherwise."""
+    stage is just restored) and starts fresh otherwise. With `k_range` (`--k auto`), `config.k` is
+    ignored: the leading embedding-only stages train once, then `choose_k` picks K on their embedding
+    and the remaining stages train with it; config.yaml and run.json record the chosen K.
+    `on_epoch_end(stage, epoch, method)` is passed to every stage's Trainer (an observer)."""
     start = time.time()
     run_dir = Path(run_dir or Path("runs") / config.name)
     if store is None:
         store = load_dataset(config.dataset.name, split=config.dataset.split, root=config.dataset.root,
                              **config.dataset.options)
-    k = resolve_k(config, store)
+    k = resolve_k(config, store) if k_range is None else None
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / "config.yaml")
     if store.skipped:
@@ -124,12 +188,23 @@ def train(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool 
     previous: Method | None = None
     for stage in config.stages:
         params = dict(stage.method)
-        method = build_method(params.pop("name"), params, k=k, store=store, previous=previous,
+        name = params.pop("name")
+        if k is None and name in METHODS and not embedding_only(name):
+            k = choose_k(config, previous, store, k_range, run_dir, resume,
+                         pixel_space=params.get("pixel_space", "centred"))
+        # the leading embedding-only stages of `--k auto` ignore K: they get the range's first
+        method = build_method(name, params, k=k if k is not None else k_range[0], store=store, previous=previous,
                               where=f"stage '{stage.name}'")
-        trainer = Trainer(stage, store, run_dir, device, seed=config.seed, progress=progress)
+        trainer = Trainer(stage, store, run_dir, device, seed=config.seed, progress=progress,
+                          on_epoch_end=on_epoch_end)
         # a stage not reached before the interruption starts fresh, so one command (`train --resume`)
         # serves every call of a chain of time-limited calls, the first included
         previous = trainer.fit(method, resume=resume and trainer.checkpoint_path.is_file())
+    if k is None:  # every stage learns an embedding only: K is for the k-means that evaluate runs
+        k = choose_k(config, previous, store, k_range, run_dir, resume)
+    if k_range is not None:
+        config = dataclasses.replace(config, k=k)
+        save_config(config, run_dir / "config.yaml")
     export_weights(previous, run_dir / "model.safetensors", {"method": previous.name, "k": str(k)})
     # run.json: what labelless.predict.load_run needs to rebuild the model without the data (issue 7)
     (run_dir / "run.json").write_text(json.dumps({"k": k, "image_size": list(store.image_size), "channels": store.channels,
@@ -163,7 +238,7 @@ def evaluate(run: Run, store: ImageStore, split: str, dataset: str, train_store:
                 and train_store.labels is not None:
             bank = torch.nn.functional.normalize(run.embed(train_store.images), dim=1)
             result["KNN"] = knn_accuracy(bank, train_store.labels.cpu(), features, store.labels.cpu())
-        heads = run.method.head_logits(run._float(store.images)) if features is None else None
+        heads = run.head_logits(store.images) if features is None else None
         if heads is not None and len(heads) > 1:  # evaluation-only diagnostic: how lucky was the loss's choice
             result["ACC_PER_HEAD"] = [round(cluster_metrics(labels, h.argmax(1).cpu().numpy())["ACC"], 4)
                                       for h in heads]

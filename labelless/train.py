@@ -26,7 +26,7 @@ import zlib
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -388,8 +388,11 @@ class Trainer:
 
     def __init__(self, stage: StageConfig, store: ImageStore, run_dir: str | Path,
                  device: str | torch.device = "auto", seed: int = 0, *, progress: bool = True,
-                 tensorboard: bool = True):
+                 tensorboard: bool = True, on_epoch_end: Callable[[str, int, Method], None] | None = None):
+        """`on_epoch_end(stage name, epoch, method)` runs after every epoch, before its checkpoint: an
+        observer (the time-to-accuracy benchmark's evaluation-only curve); it must not train."""
         self.stage, self.train, self.seed = stage, stage.train, seed
+        self.on_epoch_end = on_epoch_end
         self.run_dir = Path(run_dir)
         self.progress, self.tensorboard = progress, tensorboard
         self.dist = distributed_info()
@@ -451,6 +454,9 @@ class Trainer:
             clock = _StageClock(self.steps_per_epoch * (self.train.epochs - epoch))
             for epoch in range(epoch, self.train.epochs):
                 step = self._run_epoch(epoch, step, method, step_fn, optimizer, ema, log, clock)
+                if self.on_epoch_end is not None and self.dist.is_main:
+                    self.on_epoch_end(self.stage.name, epoch, method)
+                    method.train()
                 if (epoch + 1) % self.train.checkpoint_every == 0 or epoch + 1 == self.train.epochs:
                     self._save(method, optimizer, ema, epoch + 1, step)
         finally:

@@ -105,3 +105,41 @@ def test_train_resume_restores_finished_stages_and_starts_missing_ones(capsys, t
 def test_demo_margin_writes_its_png(capsys, tmp_path):
     code, out, _ = run_cli(capsys, "demo", "margin", "--out", str(tmp_path / "m.png"), "--gamma", "0", "0.1")
     assert code == 0 and (tmp_path / "m.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("command", [["run", "--dataset", "digits"], ["train", "--config", "x.yaml"]])
+def test_k_auto_options_parse(command):
+    from labelless.cli import _k_choice, build_parser
+
+    parser = build_parser()
+    assert _k_choice(parser.parse_args(command + ["--k", "auto"])) == (None, range(2, 31))
+    assert _k_choice(parser.parse_args(command + ["--k", "auto", "--k-range", "3..6"])) == (None, range(3, 7))
+    assert _k_choice(parser.parse_args(command + ["--k", "7"])) == (7, None)
+    assert _k_choice(parser.parse_args(command)) == (None, None)
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--k", "auto", "--k-range", "6..3"], "--k-range must be LOW..HIGH"),
+    (["--k", "auto", "--k-range", "1..5"], "--k-range must be LOW..HIGH"),
+    (["--k", "auto", "--k-range", "2-30"], "--k-range must be LOW..HIGH"),
+    (["--k-range", "3..6"], "--k-range needs --k auto"),
+    (["--k", "5", "--k-range", "3..6"], "--k-range needs --k auto"),
+    (["--k", "many"], "positive integer or 'auto'"),
+    (["--k", "0"], "positive integer or 'auto'"),
+])
+@pytest.mark.parametrize("command", [["run", "--dataset", "digits"],
+                                     ["train", "--config", "configs/digits/default.yaml"]])
+def test_k_auto_mistakes_are_one_line_and_exit_2(capsys, tmp_path, command, options, message):
+    code, _, err = run_cli(capsys, *command, *options, "--run-dir", str(tmp_path))
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not any(tmp_path.iterdir())  # refused before anything is trained or written
+
+
+def test_run_k_auto_on_digits_writes_its_choice(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "run", "--dataset", "digits", "--device", "cpu", "--run-dir", str(tmp_path),
+                             "--k", "auto", "--k-range", "9..11", "--set", "stages.0.train.epochs=1",
+                             "--set", "stages.1.train.epochs=1", "--json")
+    selection = json.loads((tmp_path / "k_selection.json").read_text())
+    assert code == 0 and selection["k"] in (9, 10, 11) and json.loads(out)["k"] == selection["k"]
+    assert selection["embedding"].startswith("pixels")  # the digits default has no embedding stage
+    assert f"chose K = {selection['k']}" in err

@@ -37,3 +37,90 @@ def test_k_range_parsing():
     for bad in ("1..5", "5..3", "2-30", "a..b"):
         with pytest.raises(UserError):
             parse_k_range(bad)
+
+
+# ------------------------------------------------------------------ `--k auto` in the pipeline
+def blob_images(true_k: int = 4, per_cluster: int = 50):
+    """true_k random 8×8 patterns, each repeated with pixel noise: K is plain in pixel space."""
+    import torch
+
+    from labelless.data.stores import ImageStore
+
+    generator = torch.Generator().manual_seed(0)
+    prototypes = torch.randint(30, 226, (true_k, 8, 8, 1), generator=generator).float()
+    noise = 8 * torch.randn(true_k * per_cluster, 8, 8, 1, generator=generator)
+    images = (prototypes.repeat_interleave(per_cluster, 0) + noise).clamp(0, 255).to(torch.uint8)
+    return ImageStore(images, labels=torch.arange(true_k).repeat_interleave(per_cluster))
+
+
+def tiny_config(*methods: str):
+    from labelless.config import load_config
+
+    stage_methods = {"simclr": {"name": "simclr", "backbone": "mlp", "augment": "none", "hidden_dim": 64},
+                     "scan": {"name": "scan", "backbone": "mlp", "heads": 1, "num_neighbours": 5, "augment": "none"}}
+    return load_config({"dataset": "digits", "device": "cpu", "k": 7,
+                        "train": {"epochs": 1, "batch_size": 100, "optimizer": "adam", "lr": 1.0e-3,
+                                  "log_every": 1000},
+                        "stages": [{"name": f"s{i}-{m}", "method": stage_methods[m]} for i, m in enumerate(methods)]})
+
+
+def fits_per_stage(monkeypatch) -> dict:
+    from labelless.pipeline import Trainer
+
+    calls: dict[str, list] = {}
+    fit = Trainer.fit
+
+    def counting_fit(self, method, resume=False):
+        calls.setdefault(self.stage.name, []).append(method)
+        return fit(self, method, resume=resume)
+
+    monkeypatch.setattr(Trainer, "fit", counting_fit)
+    return calls
+
+
+@pytest.mark.parametrize("methods", [("scan",), ("simclr", "scan"), ("simclr",)])
+def test_k_auto_trains_each_stage_once_and_recovers_k(monkeypatch, tmp_path, capsys, methods):
+    """Pixels when the pipeline starts with a clustering stage, else the embedding stage's output, trained
+    once and handed on; the config's k (7) is ignored; config.yaml, run.json and the Run carry the choice."""
+    import json
+
+    from labelless.config import load_config
+    from labelless.pipeline import train
+
+    calls = fits_per_stage(monkeypatch)
+    run = train(tiny_config(*methods), tmp_path, progress=False, store=blob_images(), k_range=range(2, 9))
+    assert {stage: len(fitted) for stage, fitted in calls.items()} == {f"s{i}-{m}": 1 for i, m in enumerate(methods)}
+    selection = json.loads((tmp_path / "k_selection.json").read_text())
+    assert selection["k"] == run.k == 4 and selection["k_range"] == [2, 8]
+    assert selection["embedding"].startswith("pixels" if methods[0] == "scan" else "the embedding")
+    assert [row["k"] for row in selection["scores"]] == list(range(2, 9)) and selection["rule"]
+    assert json.loads((tmp_path / "run.json").read_text())["k"] == 4
+    assert load_config(tmp_path / "config.yaml").k == 4
+    assert "chose K = 4" in capsys.readouterr().err
+    if methods == ("simclr", "scan"):
+        assert run.method._pretrained[0] is calls["s0-simclr"][0]  # SCAN mined on the stage trained above
+    if methods[-1] == "scan":
+        assert run.probabilities(blob_images().images).shape == (200, 4)
+
+
+def test_k_auto_never_reads_labels(tmp_path):
+    from labelless.pipeline import train
+
+    store = blob_images()
+    unlabelled = type(store)(store.images)
+    first = train(tiny_config("scan"), tmp_path / "a", progress=False, store=store, k_range=range(2, 9))
+    second = train(tiny_config("scan"), tmp_path / "b", progress=False, store=unlabelled, k_range=range(2, 9))
+    assert (tmp_path / "a" / "k_selection.json").read_text() == (tmp_path / "b" / "k_selection.json").read_text()
+    assert first.k == second.k == 4
+
+
+def test_k_auto_resume_keeps_the_chosen_k(monkeypatch, tmp_path):
+    """A resumed run must not choose again: the later stages' checkpoints were made for the first K."""
+    from labelless import pipeline
+
+    first = pipeline.train(tiny_config("simclr", "scan"), tmp_path, resume=True, progress=False, store=blob_images(),
+                           k_range=range(2, 9))
+    monkeypatch.setattr(pipeline, "select_k", lambda *a, **kw: pytest.fail("K chosen again on resume"))
+    again = pipeline.train(tiny_config("simclr", "scan"), tmp_path, resume=True, progress=False, store=blob_images(),
+                           k_range=range(2, 9))
+    assert first.k == again.k == 4

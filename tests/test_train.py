@@ -355,3 +355,22 @@ def test_batch_size_must_split_over_processes(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "3")
     with pytest.raises(UserError, match="does not split over 3 processes"):
         Trainer(stage(batch_size=16), make_store(), tmp_path, "cpu")
+
+
+def test_on_epoch_end_observes_every_epoch_without_changing_training(tmp_path):
+    """The observer (the time-to-accuracy curve) sees each epoch once, in order, with the live method
+    in eval mode, and the weights come out bit-identical to a run without it."""
+    seen = []
+
+    def observe(stage_name: str, epoch: int, method: Method) -> None:
+        seen.append((stage_name, epoch, method.training))
+        method.cluster_logits(torch.zeros(2, 1, 4, 4))  # an evaluation pass must not disturb the run
+
+    torch.manual_seed(0)
+    plain = fit(TinyMethod(), tmp_path / "plain")
+    torch.manual_seed(0)
+    trainer = Trainer(stage(), make_store(), tmp_path / "observed", "cpu", seed=7, progress=False,
+                      tensorboard=False, on_epoch_end=lambda s, e, m: (m.eval(), observe(s, e, m)))
+    observed = trainer.fit(TinyMethod())
+    assert seen == [("tiny", epoch, False) for epoch in range(4)]
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), observed.state_dict().values()))

@@ -292,6 +292,35 @@ def random_affine(x: Tensor, degrees: float = 15.0, translate: float = 0.1, scal
     return _warp(x, theta, fill)
 
 
+def deskew(x: Tensor) -> Tensor:
+    """Moment deskewing of handwriting (the "deslanted" MNIST of LeCun et al. 1998): each image is
+    sheared horizontally by −cov(x, y)/var(y) of its ink and its centre of mass moved to the centre.
+    Deterministic, one `grid_sample` for the batch. N×C×H×W in [0, 1] (ink bright, background 0, as
+    in MNIST); the moments are taken on the channel mean. An empty image is returned unchanged."""
+    n, _, height, width = x.shape
+    ink = x.float().mean(1)  # ink: N×H×W
+    rows = torch.arange(height, device=x.device, dtype=ink.dtype)[:, None]
+    cols = torch.arange(width, device=x.device, dtype=ink.dtype)[None, :]
+    mass = ink.sum((1, 2))
+    empty = mass <= 0
+    mass = mass.clamp_min(1e-6)
+    cy = (ink * rows).sum((1, 2)) / mass  # centre of mass, pixels
+    cx = (ink * cols).sum((1, 2)) / mass
+    dy = rows - cy[:, None, None]
+    var_y = (ink * dy**2).sum((1, 2)) / mass
+    cov_xy = (ink * dy * (cols - cx[:, None, None])).sum((1, 2)) / mass
+    slant = torch.where(empty, torch.zeros_like(mass), cov_xy / var_y.clamp_min(1e-6))
+    # inverse map in normalised coordinates: output (u, v) reads input (u + slant·v·H/W + cx', v + cy')
+    theta = torch.zeros(n, 2, 3, device=x.device, dtype=ink.dtype)
+    theta[:, 0, 0] = 1.0
+    theta[:, 0, 1] = slant * height / width
+    theta[:, 1, 1] = 1.0
+    theta[:, 0, 2] = torch.where(empty, torch.zeros_like(cx), (2 * cx + 1) / width - 1)
+    theta[:, 1, 2] = torch.where(empty, torch.zeros_like(cy), (2 * cy + 1) / height - 1)
+    grid = _affine_grid(theta, height, width).to(x.dtype)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
 # ---------------------------------------------------------------------------------------- colour
 
 

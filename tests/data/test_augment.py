@@ -272,3 +272,40 @@ def test_randaugment_ops_match_torchvision() -> None:
     threshold = torch.tensor([0.2, 0.5, 0.9, 1.0])
     solarized = torch.cat([TF.solarize(x[i: i + 1], float(threshold[i])) for i in range(4)])
     assert torch.equal(A.solarize(x, threshold), solarized)
+
+
+def slanted_stroke(slope: float, size: int = 28, shift: int = 0) -> torch.Tensor:
+    """A 1×1×size×size bar x = centre + shift + slope·(y − centre), ink 1 on 0, rows 6..21."""
+    image = torch.zeros(1, 1, size, size)
+    centre = size / 2 - 0.5
+    for row in range(6, 22):
+        col = round(centre + shift + slope * (row - centre))
+        image[0, 0, row, col - 1:col + 2] = 1.0
+    return image
+
+
+def ink_moments(x: torch.Tensor) -> tuple[float, float, float]:
+    """(centre row, centre column, cov(x, y)/var(y)) of a 1×1×H×W image."""
+    ink = x[0, 0]
+    rows = torch.arange(ink.shape[0]).float()[:, None]
+    cols = torch.arange(ink.shape[1]).float()[None, :]
+    mass = ink.sum()
+    cy, cx = float((ink * rows).sum() / mass), float((ink * cols).sum() / mass)
+    slope = float((ink * (rows - cy) * (cols - cx)).sum() / (ink * (rows - cy) ** 2).sum())
+    return cy, cx, slope
+
+
+@pytest.mark.parametrize("slope,shift", [(0.4, 0), (-0.3, 3), (0.0, -4)])
+def test_deskew_straightens_a_slanted_stroke_and_centres_it(slope, shift):
+    before = ink_moments(slanted_stroke(slope, shift=shift))
+    assert abs(before[2] - slope) < 0.05  # the test image really is slanted by `slope`
+    cy, cx, after = ink_moments(A.deskew(slanted_stroke(slope, shift=shift)))
+    assert abs(after) < 0.03 and abs(cy - 13.5) < 0.3 and abs(cx - 13.5) < 0.3
+
+
+def test_deskew_is_per_sample_and_leaves_empty_images_alone():
+    batch = torch.cat([slanted_stroke(0.4), torch.zeros(1, 1, 28, 28), slanted_stroke(-0.3, shift=2)])
+    out = A.deskew(batch)
+    assert torch.equal(out[1], torch.zeros(1, 28, 28))
+    assert torch.allclose(out[0:1], A.deskew(batch[0:1]), atol=1e-6)
+    assert torch.allclose(out[2:3], A.deskew(batch[2:3]), atol=1e-6)

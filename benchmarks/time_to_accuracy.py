@@ -1,0 +1,208 @@
+"""Time-to-accuracy (issue 8): how much test ACC a pipeline reaches within a wall-clock budget.
+
+    python benchmarks/time_to_accuracy.py --config configs/mnist/fast.yaml --budget-min 10 \\
+        --device cpu --seeds 0 1 2 --out benchmarks/results/tta-mnist-10min-cpu.json
+    labelless bench tta --config configs/cifar10/fast.yaml --budget-min 30 --device cuda ...
+
+Protocol. Each seed is its own process and its clock starts when that process is spawned, so the
+wall time holds everything: interpreter start, imports, data load, neighbour mining, compilation,
+training and the final evaluation. The pipeline trains on the train split and is scored on the test
+split; no label reaches training or model selection (heads are chosen by loss). A fast config's
+epochs are tuned for `--reference-min` minutes on its reference device (written in the config);
+`--budget-min B` scales every stage's epochs by B / reference. `within_budget` says whether the run
+really ended in time on this machine — nothing is cut short to fit.
+
+The curve of test ACC against minutes is an evaluation-only side channel (after each epoch of a
+stage with a cluster head, the test split is predicted); its own time is taken off the clock of the
+curve points and reported as `curve_seconds`, and it is never used for any decision. `--no-curve`
+turns it off.
+"""
+from __future__ import annotations
+
+import time
+
+START = time.time()  # before the heavy imports: they are part of the measured time
+
+import argparse  # noqa: E402
+import datetime  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+METRICS = ("ACC", "NMI", "ARI", "ACC_CONFIDENT", "CONFIDENT_FRACTION")
+
+
+def parse_args(argv: list[str] | None, prog: str | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="the pipeline, e.g. configs/mnist/fast.yaml")
+    p.add_argument("--budget-min", type=float, default=10.0, help="wall-clock budget in minutes (default 10)")
+    p.add_argument("--reference-min", type=float, default=10.0,
+                   help="the budget the config's epochs are tuned for (default 10)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds, one process each")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--data-root", help="dataset directory (default: $LABELLESS_DATA, else ../shared/data)")
+    p.add_argument("--subsample", type=int, help="train on a random N of the train images (smoke runs)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    p.add_argument("--run-dir", help="where the runs go (default: a temporary directory)")
+    p.add_argument("--out", help="result JSON to write")
+    p.add_argument("--png", help="curve of test ACC against minutes (default: next to --out)")
+    p.add_argument("--no-curve", action="store_true", help="skip the evaluation-only ACC curve")
+    p.add_argument("--single-seed", type=int, help=argparse.SUPPRESS)  # internal: one seed, this process
+    p.add_argument("--result-file", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def scaled_epochs(epochs: int, budget_min: float, reference_min: float) -> int:
+    """A stage's epochs for `budget_min` when `epochs` fit `reference_min`; at least one."""
+    return max(1, round(epochs * budget_min / reference_min))
+
+
+def run_one_seed(args: argparse.Namespace) -> dict:
+    """Train and score one seed in this process; the clock is this process's START."""
+    import torch
+
+    from labelless.config import load_config
+    from labelless.data.sources import load_dataset
+    from labelless.data.stores import to_float
+    from labelless.evaluate.metrics import cluster_metrics
+    from labelless.pipeline import evaluate, train
+    from labelless.provenance import device_name
+
+    seed = args.single_seed
+    config = load_config(args.config, [f"seed={seed}", f"device={args.device}", *args.set])
+    for stage in config.stages:
+        stage.train.epochs = scaled_epochs(stage.train.epochs, args.budget_min, args.reference_min)
+    root, name = config.dataset.root if args.data_root is None else args.data_root, config.dataset.name
+    store = load_dataset(name, split="train", root=root, **config.dataset.options)
+    if args.subsample and args.subsample < len(store):
+        rows = torch.randperm(len(store), generator=torch.Generator().manual_seed(seed))[: args.subsample]
+        store = store.subset(rows.sort().values)
+    test = load_dataset(name, split="test", root=root, **config.dataset.options)
+    labels = test.labels.numpy()
+    curve: list[dict] = []
+    ends: dict[str, float] = {}  # stage → seconds from START at its last epoch's end, curve time excluded
+    side = {"seconds": 0.0}
+
+    def observe(stage: str, epoch: int, method) -> None:
+        now = time.time()
+        ends[stage] = now - START - side["seconds"]
+        if args.no_curve:
+            return
+        method.eval()
+        device = next(method.parameters()).device
+        with torch.no_grad():
+            chunks = [method.cluster_logits(to_float(chunk.to(device))) for chunk in test.images.split(1024)]
+        if chunks[0] is not None:
+            predictions = torch.cat([logits.argmax(1).cpu() for logits in chunks]).numpy()
+            acc = cluster_metrics(labels, predictions)["ACC"]
+            curve.append({"minutes": round(ends[stage] / 60, 3), "stage": stage, "epoch": epoch, "ACC": round(acc, 4)})
+        side["seconds"] += time.time() - now
+
+    run_dir = Path(args.run_dir or tempfile.mkdtemp(prefix="labelless-tta-")) / f"seed{seed}"
+    run = train(config, run_dir, progress=False, store=store, on_epoch_end=observe)
+    metrics = evaluate(run, test, "test", name)
+    wall = time.time() - START
+    # per-stage split: the first stage also holds start-up and data loading; "evaluate" is the final scoring
+    stage_seconds, previous_end = {}, 0.0
+    for stage, end in ends.items():
+        stage_seconds[stage], previous_end = end - previous_end, end
+    stage_seconds["evaluate"] = wall - side["seconds"] - previous_end
+    return {"seed": seed, **{k: metrics[k] for k in METRICS if k in metrics}, "wall_seconds": round(wall, 1),
+            "curve_seconds": round(side["seconds"], 1),
+            "stage_seconds": {k: round(v, 1) for k, v in stage_seconds.items()},
+            "epochs": {s.name: s.train.epochs for s in config.stages}, "train_images": len(store),
+            "device": device_name(str(run.device)), "curve": curve, "method": "pipeline:" + "+".join(
+                s.method["name"] for s in config.stages), "dataset": name}
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    args = parse_args(argv, prog)
+    if args.single_seed is not None:
+        result = run_one_seed(args)
+        Path(args.result_file).write_text(json.dumps(result) + "\n")
+        return 0
+    from labelless.provenance import git_commit
+
+    runs = []
+    passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
+    passthrough = _without(passthrough, "--seeds", len(args.seeds))
+    for seed in args.seeds:
+        with tempfile.NamedTemporaryFile(suffix=".json") as f:
+            started = time.time()
+            done = subprocess.run([sys.executable, str(Path(__file__).resolve()), *passthrough,
+                                   "--single-seed", str(seed), "--result-file", f.name])
+            spawned_wall = time.time() - started
+            if done.returncode != 0:
+                print(f"seed {seed} failed (exit {done.returncode})", file=sys.stderr)
+                return done.returncode
+            result = json.loads(Path(f.name).read_text())
+        result["wall_seconds"] = round(max(result["wall_seconds"], spawned_wall), 1)
+        runs.append(result)
+        print(f"seed {seed}: ACC {result['ACC']:.4f}, {result['wall_seconds']:.0f} s "
+              f"(curve side channel {result['curve_seconds']:.0f} s)", file=sys.stderr)
+    keys = [k for k in METRICS if all(k in r for r in runs)]
+    budget_s = args.budget_min * 60
+    out = {
+        "method": runs[0]["method"], "dataset": runs[0]["dataset"], "split": "test", "train_split": "train",
+        "config": args.config, "budget_minutes": args.budget_min, "reference_minutes": args.reference_min,
+        "epochs": runs[0]["epochs"], "train_images": runs[0]["train_images"], "seeds": args.seeds,
+        "metrics": {k: round(statistics.mean(r[k] for r in runs), 4) for k in keys},
+        "metrics_std": {k: round(statistics.pstdev(r[k] for r in runs), 4) for k in keys},
+        "per_seed": [{k: r[k] for k in ("seed", *keys, "wall_seconds", "curve_seconds", "stage_seconds")}
+                     for r in runs],
+        "within_budget": all(r["wall_seconds"] - r["curve_seconds"] <= budget_s for r in runs),
+        "head_selection": "lowest_loss", "labels_used_in_training": False,
+        "device": runs[0]["device"],
+        "wall_seconds": round(statistics.mean(r["wall_seconds"] - r["curve_seconds"] for r in runs), 1),
+        "wall_clock": "from process spawn to the final test evaluation, curve side channel excluded",
+        "curves": {str(r["seed"]): r["curve"] for r in runs},
+        "command": "python benchmarks/time_to_accuracy.py " + " ".join(passthrough) + " --seeds "
+                   + " ".join(map(str, args.seeds)),
+        "commit": git_commit() or "unknown",
+        "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    print(json.dumps({"ACC": out["metrics"].get("ACC"), "ACC_std": out["metrics_std"].get("ACC"),
+                      "wall_seconds": out["wall_seconds"], "within_budget": out["within_budget"]}))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+        png = args.png or str(Path(args.out).with_suffix(".png"))
+        if any(out["curves"].values()):
+            plot_curves(out, png)
+    return 0
+
+
+def _without(argv: list[str], option: str, values: int) -> list[str]:
+    """argv without `option` and the `values` words after it (the parent hands seeds out one by one)."""
+    if option not in argv:
+        return argv
+    i = argv.index(option)
+    return argv[:i] + argv[i + 1 + values:]
+
+
+def plot_curves(result: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+    for seed, curve in result["curves"].items():
+        ax.plot([p["minutes"] for p in curve], [p["ACC"] for p in curve], marker=".", label=f"seed {seed}")
+    ax.axvline(result["budget_minutes"], color="grey", linestyle="--", linewidth=1, label="budget")
+    ax.set_xlabel("minutes from process start")
+    ax.set_ylabel("test ACC (evaluation only)")
+    ax.set_title(f"{result['dataset']} — {result['method']} on {result['device']}", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

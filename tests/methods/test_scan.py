@@ -1,0 +1,44 @@
+"""SCAN's neighbour space: principal components and deskewed pixels (known answers)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from labelless.data.stores import ImageStore
+from labelless.methods.scan import SCAN, pixel_features, principal_components
+
+
+def test_principal_components_keep_every_distance_of_data_in_a_subspace():
+    """Points in a 3-dimensional affine subspace of R^20: 3 components lose no distance at all."""
+    g = torch.Generator().manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(20, 3, generator=g)).Q.T  # 3×20, orthonormal rows
+    points = torch.randn(200, 3, generator=g, dtype=torch.float64) @ basis.double() + 5.0
+    scores = principal_components(points, 3)
+    assert scores.shape == (200, 3)
+    assert torch.allclose(torch.cdist(scores, scores), torch.cdist(points, points), atol=1e-5)
+    assert principal_components(points, 0) is points and principal_components(points, 20) is points
+
+
+def test_deskewed_pixel_features_bring_two_slants_of_one_stroke_together():
+    """Two slants of the same bar are far apart in raw pixels and close after deskewing, while a
+    different shape (a horizontal bar) stays far."""
+    images = torch.zeros(3, 28, 28, 1, dtype=torch.uint8)
+    for row in range(6, 22):
+        images[0, row, 12:15] = 255  # upright bar
+        col = round(13.5 + 0.5 * (row - 13.5))
+        images[1, row, col - 1:col + 2] = 255  # the same bar, slanted
+    images[2, 12:15, 6:22] = 255  # a horizontal bar
+    store = ImageStore(images)
+
+    def cos(f: torch.Tensor, i: int, j: int) -> float:
+        return float(torch.nn.functional.cosine_similarity(f[i], f[j], dim=0))
+
+    raw = store.batch(torch.arange(3)).flatten(1)
+    deskewed = pixel_features(store, deskewed=True) + raw.mean(0)  # undo the centring
+    assert cos(raw, 0, 1) < 0.5 < 0.8 < cos(deskewed, 0, 1)
+    assert cos(deskewed, 0, 2) < 0.5
+
+
+def test_scan_rejects_an_unknown_pixel_space():
+    with pytest.raises(ValueError, match="pixel_space"):
+        SCAN(k=3, in_channels=1, image_size=8, backbone="mlp", pixel_space="sideways")
