@@ -301,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="train the default pipeline on a dataset, evaluate, write the run directory",
                        description="The one-shot job: train the dataset's default pipeline (configs/<dataset>/"
-                                   "default.yaml), score it when labels exist, write runs/<name>/.")
+                                   "default.yaml, else its fast.yaml, else configs/default.yaml), score it "
+                                   "when labels exist, write runs/<name>/.")
     _add_data_options(p, "split to score (default: test where it exists, else all)")
     _add_k_options(p, "the dataset's class count")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (GPU when present)")

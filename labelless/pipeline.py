@@ -266,6 +266,10 @@ def write_predictions(path: Path, predictions: Tensor, probabilities: Tensor | N
 
 
 def default_config_path(dataset: str) -> Path:
-    """The default pipeline for a dataset: `configs/<dataset>/default.yaml`, else `configs/default.yaml`."""
-    specific = PROJECT_CONFIGS / dataset / "default.yaml"
-    return specific if specific.is_file() else PROJECT_CONFIGS / "default.yaml"
+    """The default pipeline for a dataset: `configs/<dataset>/default.yaml`, else its time-to-accuracy
+    recipe `configs/<dataset>/fast.yaml` (MNIST, CIFAR-10), else `configs/default.yaml`."""
+    for name in ("default.yaml", "fast.yaml"):
+        specific = PROJECT_CONFIGS / dataset / name
+        if specific.is_file():
+            return specific
+    return PROJECT_CONFIGS / "default.yaml"

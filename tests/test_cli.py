@@ -143,3 +143,23 @@ def test_run_k_auto_on_digits_writes_its_choice(capsys, tmp_path):
     assert code == 0 and selection["k"] in (9, 10, 11) and json.loads(out)["k"] == selection["k"]
     assert selection["embedding"].startswith("pixels")  # the digits default has no embedding stage
     assert f"chose K = {selection['k']}" in err
+
+
+def test_run_picks_the_dataset_default_then_its_fast_recipe_then_the_generic_one(tmp_path, monkeypatch):
+    from labelless import pipeline
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "default.yaml").write_text("x")
+    (tmp_path / "a" / "fast.yaml").write_text("x")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "fast.yaml").write_text("x")
+    monkeypatch.setattr(pipeline, "PROJECT_CONFIGS", tmp_path)
+    assert pipeline.default_config_path("a") == tmp_path / "a" / "default.yaml"
+    assert pipeline.default_config_path("b") == tmp_path / "b" / "fast.yaml"
+    assert pipeline.default_config_path("c") == tmp_path / "default.yaml"
+
+
+def test_bench_tta_reaches_the_time_to_accuracy_script(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "tta", "--help"])
+    assert exit_info.value.code == 0 and "--budget-min" in capsys.readouterr().out
