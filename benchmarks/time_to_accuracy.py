@@ -15,7 +15,8 @@ really ended in time on this machine — nothing is cut short to fit.
 The curve of test ACC against minutes is an evaluation-only side channel (after each epoch of a
 stage with a cluster head, the test split is predicted); its own time is taken off the clock of the
 curve points and reported as `curve_seconds`, and it is never used for any decision. `--no-curve`
-turns it off.
+turns it off. So is `neighbour_agreement` (the share of SCAN's mined neighbours that share the
+label), computed after the clock stopped.
 """
 from __future__ import annotations
 
@@ -105,17 +106,32 @@ def run_one_seed(args: argparse.Namespace) -> dict:
     run = train(config, run_dir, progress=False, store=store, on_epoch_end=observe)
     metrics = evaluate(run, test, "test", name)
     wall = time.time() - START
+    agreement = neighbour_agreement(run_dir, store)
     # per-stage split: the first stage also holds start-up and data loading; "evaluate" is the final scoring
     stage_seconds, previous_end = {}, 0.0
     for stage, end in ends.items():
         stage_seconds[stage], previous_end = end - previous_end, end
     stage_seconds["evaluate"] = wall - side["seconds"] - previous_end
     return {"seed": seed, **{k: metrics[k] for k in METRICS if k in metrics}, "wall_seconds": round(wall, 1),
-            "curve_seconds": round(side["seconds"], 1),
+            "curve_seconds": round(side["seconds"], 1), "neighbour_agreement": agreement,
             "stage_seconds": {k: round(v, 1) for k, v in stage_seconds.items()},
             "epochs": {s.name: s.train.epochs for s in config.stages}, "train_images": len(store),
             "device": device_name(str(run.device)), "curve": curve, "method": "pipeline:" + "+".join(
                 s.method["name"] for s in config.stages), "dataset": name}
+
+
+def neighbour_agreement(run_dir: Path, store) -> float | None:
+    """Share of mined neighbour pairs whose labels agree (SCAN's artefact; evaluation only, after the
+    clock stopped); None when the run mined no neighbours or the store has no labels."""
+    import torch
+
+    path = run_dir / "artefacts" / "neighbour_indices.pt"
+    if not path.is_file() or store.labels is None:
+        return None
+    neighbours, labels = torch.load(path), store.labels.cpu()
+    if len(neighbours) != len(labels):
+        return None
+    return round(float((labels[neighbours] == labels[:, None]).float().mean()), 4)
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -151,8 +167,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         "epochs": runs[0]["epochs"], "train_images": runs[0]["train_images"], "seeds": args.seeds,
         "metrics": {k: round(statistics.mean(r[k] for r in runs), 4) for k in keys},
         "metrics_std": {k: round(statistics.pstdev(r[k] for r in runs), 4) for k in keys},
-        "per_seed": [{k: r[k] for k in ("seed", *keys, "wall_seconds", "curve_seconds", "stage_seconds")}
-                     for r in runs],
+        "per_seed": [{k: r[k] for k in ("seed", *keys, "wall_seconds", "curve_seconds", "stage_seconds",
+                                        "neighbour_agreement")} for r in runs],
         "within_budget": all(r["wall_seconds"] - r["curve_seconds"] <= budget_s for r in runs),
         "head_selection": "lowest_loss", "labels_used_in_training": False,
         "device": runs[0]["device"],

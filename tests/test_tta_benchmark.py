@@ -64,6 +64,7 @@ def test_a_tiny_budget_run_on_mnist_writes_a_valid_result(tmp_path):
     assert all(a["minutes"] <= b["minutes"] for a, b in zip(curve, curve[1:]))
     seed = result["per_seed"][0]
     assert set(seed["stage_seconds"]) == {"cluster", "evaluate"}
+    assert 0.8 < seed["neighbour_agreement"] < 1.0  # deskewed MNIST neighbours mostly share the digit
     assert abs(sum(seed["stage_seconds"].values()) - (seed["wall_seconds"] - seed["curve_seconds"])) < 2.0
     assert result["within_budget"] == (seed["wall_seconds"] - seed["curve_seconds"] <= 60)
     assert (tmp_path / "tta.png").stat().st_size > 1000
