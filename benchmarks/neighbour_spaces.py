@@ -1,0 +1,66 @@
+"""How often SCAN's mined neighbours share the label, per pixel space (evaluation only).
+
+    python benchmarks/neighbour_spaces.py --dataset mnist --out benchmarks/results/neighbours-mnist.json
+
+For each space — centred pixels, their first 50 principal components, and the same after moment
+deskewing (`labelless.data.augment.deskew`) — the k nearest neighbours (cosine) of every train image
+are mined as SCAN mines them, and the share of neighbour pairs with the same label is reported,
+overall and for the 4s and 9s (the pair SCAN merged on raw MNIST pixels). Labels only score.
+"""
+from __future__ import annotations
+
+import time
+
+START = time.time()
+
+import argparse  # noqa: E402
+import datetime  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="mnist", help="dataset name (default mnist)")
+    p.add_argument("--split", default="train", help="split to mine (default train)")
+    p.add_argument("--neighbours", type=int, default=20, help="k, as SCAN's num_neighbours (default 20)")
+    p.add_argument("--data-root", help="dataset directory (default: $LABELLESS_DATA, else ../shared/data)")
+    p.add_argument("--out", help="result JSON to write")
+    args = p.parse_args(argv)
+
+    import torch
+
+    from labelless.data.sources import load_dataset
+    from labelless.evaluate.knn import knn_indices
+    from labelless.methods.scan import pixel_features, principal_components
+    from labelless.provenance import device_name, git_commit
+
+    store = load_dataset(args.dataset, split=args.split, root=args.data_root)
+    labels = store.labels
+    pair = (labels == 4) | (labels == 9)
+    spaces = {}
+    for deskewed in (False, True):
+        pixels = pixel_features(store, deskewed=deskewed)
+        for dims in (0, 50):
+            name = ("deskewed" if deskewed else "centred") + (f" + PCA {dims}" if dims else "")
+            started = time.time()
+            same = (labels[knn_indices(principal_components(pixels, dims), args.neighbours)] == labels[:, None]).float()
+            spaces[name] = {"agreement": round(float(same.mean()), 4), "agreement_4_9": round(float(same[pair].mean()), 4),
+                            "mining_seconds": round(time.time() - started, 1)}
+            print(f"{name:22s} {spaces[name]}", file=sys.stderr, flush=True)
+    out = {
+        "method": "scan-neighbour-mining", "dataset": args.dataset, "split": args.split, "metrics": {},
+        "neighbours": args.neighbours, "spaces": spaces, "labels_used_in_training": False,
+        "device": device_name("cpu"), "threads": torch.get_num_threads(), "wall_seconds": round(time.time() - START, 1),
+        "command": "python benchmarks/neighbour_spaces.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "commit": git_commit() or "unknown",
+        "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    if args.out:
+        Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
