@@ -154,7 +154,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     overrides = [f"seed={args.seed}", f"device={args.device}"] + (args.set or [])
     if k is not None:
         overrides.append(f"k={k}")
-    config = load_config(default_config_path(dataset_key), overrides)
+    from labelless.train import resolve_device
+
+    config = load_config(default_config_path(dataset_key, resolve_device(args.device)), overrides)
     config.dataset.name = args.dataset
     config.dataset.root = args.data_root or config.dataset.root
     config.dataset.options.update({k: v for k, v in _folder_options(args).items() if v is not None})
@@ -301,8 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="train the default pipeline on a dataset, evaluate, write the run directory",
                        description="The one-shot job: train the dataset's default pipeline (configs/<dataset>/"
-                                   "default.yaml, else its fast.yaml, else configs/default.yaml), score it "
-                                   "when labels exist, write runs/<name>/.")
+                                   "default.yaml, else its fast.yaml, else configs/default.yaml on a GPU and "
+                                   "configs/cpu.yaml on a CPU), score it when labels exist, write runs/<name>/.")
     _add_data_options(p, "split to score (default: test where it exists, else all)")
     _add_k_options(p, "the dataset's class count")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (GPU when present)")

@@ -265,11 +265,13 @@ def write_predictions(path: Path, predictions: Tensor, probabilities: Tensor | N
             writer.writerow(row)
 
 
-def default_config_path(dataset: str) -> Path:
+def default_config_path(dataset: str, device: str | torch.device = "cuda") -> Path:
     """The default pipeline for a dataset: `configs/<dataset>/default.yaml`, else its time-to-accuracy
-    recipe `configs/<dataset>/fast.yaml` (MNIST, CIFAR-10), else `configs/default.yaml`."""
+    recipe `configs/<dataset>/fast.yaml` (MNIST, CIFAR-10), else the generic one —
+    `configs/default.yaml` (SimCLR → SCAN → self-labelling, sized for a GPU) on a GPU and
+    `configs/cpu.yaml` (SCAN on pixel neighbours, minutes) on a CPU, e.g. for a folder of your own images."""
     for name in ("default.yaml", "fast.yaml"):
         specific = PROJECT_CONFIGS / dataset / name
         if specific.is_file():
             return specific
-    return PROJECT_CONFIGS / "default.yaml"
+    return PROJECT_CONFIGS / ("cpu.yaml" if torch.device(device).type == "cpu" else "default.yaml")

@@ -145,7 +145,7 @@ def test_run_k_auto_on_digits_writes_its_choice(capsys, tmp_path):
     assert f"chose K = {selection['k']}" in err
 
 
-def test_run_picks_the_dataset_default_then_its_fast_recipe_then_the_generic_one(tmp_path, monkeypatch):
+def test_run_picks_the_dataset_default_then_its_fast_recipe_then_the_generic_one_for_the_device(tmp_path, monkeypatch):
     from labelless import pipeline
 
     (tmp_path / "a").mkdir()
@@ -157,6 +157,8 @@ def test_run_picks_the_dataset_default_then_its_fast_recipe_then_the_generic_one
     assert pipeline.default_config_path("a") == tmp_path / "a" / "default.yaml"
     assert pipeline.default_config_path("b") == tmp_path / "b" / "fast.yaml"
     assert pipeline.default_config_path("c") == tmp_path / "default.yaml"
+    assert pipeline.default_config_path("c", "cpu") == tmp_path / "cpu.yaml"  # the GPU recipe would take days
+    assert pipeline.default_config_path("b", "cpu") == tmp_path / "b" / "fast.yaml"
 
 
 def test_bench_tta_reaches_the_time_to_accuracy_script(capsys):
