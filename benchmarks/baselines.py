@@ -23,12 +23,11 @@ import argparse
 import json
 import shlex
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 from labelless.baselines import BASELINES, run_baseline
 from labelless.data import load_dataset
-from labelless.provenance import device_name, git_commit
+from labelless.provenance import device_name, stamp
 
 
 def main() -> None:
@@ -63,9 +62,7 @@ def main() -> None:
             "device": device_name("cpu"),
             "wall_seconds": round(setup_seconds + result["seconds"], 1),
             "fit_seconds": round(result["seconds"], 1),
-            "command": shlex.join(["python", "benchmarks/baselines.py", *sys.argv[1:]]),
-            "commit": git_commit() or "unknown",
-            "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            **stamp(shlex.join(["python", "benchmarks/baselines.py", *sys.argv[1:]])),
         }
         path = args.out_dir / f"baseline-{name}-{args.dataset}.json"
         path.write_text(json.dumps(record, indent=2) + "\n")

@@ -14,7 +14,6 @@ import time
 START = time.time()
 
 import argparse  # noqa: E402
-import datetime  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -36,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     from labelless.data.stores import ImageStore
     from labelless.kselect import parse_k_range, select_k
     from labelless.methods.scan import pixel_features
-    from labelless.provenance import device_name, git_commit
+    from labelless.provenance import device_name, stamp
 
     k_range = parse_k_range(args.k_range)
     store = load_dataset("mnist", split="train", root=args.data_root)
@@ -63,9 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         "embedding": f"{args.pixel_space} pixels centred on the subset mean", "k_range": args.k_range,
         "per_digit": args.per_digit, "labels_used_in_training": False,
         "device": device_name("cpu"), "wall_seconds": round(time.time() - START, 1),
-        "command": "python benchmarks/k_recovery.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "commit": git_commit() or "unknown",
-        "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        **stamp("python benchmarks/k_recovery.py " + " ".join(argv if argv is not None else sys.argv[1:])),
     }
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=2) + "\n")

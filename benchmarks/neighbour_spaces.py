@@ -14,7 +14,6 @@ import time
 START = time.time()
 
 import argparse  # noqa: E402
-import datetime  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -34,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     from labelless.data.sources import load_dataset
     from labelless.evaluate.knn import knn_indices
     from labelless.methods.scan import pixel_features, principal_components
-    from labelless.provenance import device_name, git_commit
+    from labelless.provenance import device_name, stamp
 
     store = load_dataset(args.dataset, split=args.split, root=args.data_root)
     labels = store.labels
@@ -53,9 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         "method": "scan-neighbour-mining", "dataset": args.dataset, "split": args.split, "metrics": {},
         "neighbours": args.neighbours, "spaces": spaces, "labels_used_in_training": False,
         "device": device_name("cpu"), "threads": torch.get_num_threads(), "wall_seconds": round(time.time() - START, 1),
-        "command": "python benchmarks/neighbour_spaces.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "commit": git_commit() or "unknown",
-        "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        **stamp("python benchmarks/neighbour_spaces.py " + " ".join(argv if argv is not None else sys.argv[1:])),
     }
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=2) + "\n")

@@ -8,7 +8,6 @@ job from process start: imports, data, training, evaluation."""
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import statistics
 import subprocess
@@ -16,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from labelless.provenance import git_commit
+from labelless.provenance import stamp
 
 METRICS = ("ACC", "NMI", "ARI", "KNN", "ACC_CONFIDENT", "CONFIDENT_FRACTION", "ACC_VOTE")
 
@@ -55,9 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         "labels_used_in_training": first["labels_used_in_training"],
         "device": first["device"],
         "wall_seconds": statistics.mean(r["wall_seconds"] for r in runs),
-        "command": "labelless " + " ".join(command) + " --seed S --json",
-        "commit": git_commit() or "unknown",
-        "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        **stamp("labelless " + " ".join(command) + " --seed S --json"),
     }
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out["metrics"]), file=sys.stderr)

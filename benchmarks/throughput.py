@@ -26,7 +26,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +36,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torchvision import transforms
 
-from labelless.provenance import device_name, git_commit
+from labelless.provenance import device_name, stamp
 from labelless.data import load_dataset
 from labelless.data.augment import Augment
 from labelless.data.stores import ImageStore
@@ -265,9 +264,7 @@ def run(args: argparse.Namespace, device: torch.device, command: str) -> dict:
         "device": device_label,
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
-        "command": command,
-        "commit": args.commit or git_commit() or "unknown",
-        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        **stamp(command, commit=args.commit),
     }
     if args.note:
         record["note"] = args.note

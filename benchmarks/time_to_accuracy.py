@@ -25,7 +25,6 @@ import time
 START = time.time()  # before the heavy imports: they are part of the measured time
 
 import argparse  # noqa: E402
-import datetime  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -140,7 +139,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         result = run_one_seed(args)
         Path(args.result_file).write_text(json.dumps(result) + "\n")
         return 0
-    from labelless.provenance import git_commit
+    from labelless.provenance import stamp
 
     runs = []
     passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
@@ -175,10 +174,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         "wall_seconds": round(statistics.mean(r["wall_seconds"] - r["curve_seconds"] for r in runs), 1),
         "wall_clock": "from process spawn to the final test evaluation, curve side channel excluded",
         "curves": {str(r["seed"]): r["curve"] for r in runs},
-        "command": "python benchmarks/time_to_accuracy.py " + " ".join(passthrough) + " --seeds "
-                   + " ".join(map(str, args.seeds)),
-        "commit": git_commit() or "unknown",
-        "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        **stamp(" ".join(["python benchmarks/time_to_accuracy.py", *passthrough, "--seeds", *map(str, args.seeds)])),
     }
     print(json.dumps({"ACC": out["metrics"].get("ACC"), "ACC_std": out["metrics_std"].get("ACC"),
                       "wall_seconds": out["wall_seconds"], "within_budget": out["within_budget"]}))

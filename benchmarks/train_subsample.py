@@ -21,13 +21,12 @@ import argparse
 import json
 import shlex
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 from labelless.config import load_config
-from labelless.provenance import device_name, git_commit
+from labelless.provenance import device_name, stamp
 from labelless.data import load_dataset
 from labelless.pipeline import evaluate, train
 
@@ -72,9 +71,7 @@ def main() -> None:
         "wall_seconds": round(time.perf_counter() - PROCESS_START, 1),
         "train_seconds": round(run.seconds, 1),
         "eval_seconds": round(metrics["eval_seconds"], 1),
-        "command": shlex.join(["python", "benchmarks/train_subsample.py", *sys.argv[1:]]),
-        "commit": git_commit() or "unknown",
-        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        **stamp(shlex.join(["python", "benchmarks/train_subsample.py", *sys.argv[1:]])),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n")

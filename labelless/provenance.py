@@ -36,3 +36,12 @@ def git_commit() -> str | None:
     except OSError:
         return None
     return done.stdout.strip() if done.returncode == 0 else None
+
+
+def stamp(command: str, commit: str | None = None) -> dict[str, str]:
+    """The closing fields of every results file: the command that wrote it, the commit (`commit`, else
+    HEAD, else "unknown") and the UTC time."""
+    import datetime
+
+    return {"command": command, "commit": commit or git_commit() or "unknown",
+            "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
