@@ -232,16 +232,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
 BENCHMARKS = {"throughput": "throughput", "tta": "time_to_accuracy"}  # `labelless bench NAME` → benchmarks/<file>.py
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
+def load_benchmark(stem: str):
+    """benchmarks/<stem>.py as a module (benchmarks/ is not a package and ships only with the source)."""
     import importlib.util
 
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{BENCHMARKS[args.name]}.py"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{stem}.py"
     if not script.is_file():
-        raise UserError(f"benchmark '{args.name}' needs the source checkout ({script} is missing)")
-    spec = importlib.util.spec_from_file_location(f"labelless_bench_{args.name}", script)
+        raise UserError(f"benchmark '{stem}' needs the source checkout ({script} is missing)")
+    spec = importlib.util.spec_from_file_location(f"labelless_bench_{stem}", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.main(args.rest, prog=f"labelless bench {args.name}")
+    return module
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    return load_benchmark(BENCHMARKS[args.name]).main(args.rest, prog=f"labelless bench {args.name}")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

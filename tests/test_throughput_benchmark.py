@@ -1,7 +1,6 @@
 """benchmarks/throughput.py end to end on the CPU, tiny: the result file is what RESULTS.md asks for."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -11,6 +10,8 @@ from types import ModuleType
 import pytest
 import torch
 
+from labelless.cli import load_benchmark
+
 ROOT = Path(__file__).resolve().parents[1]
 VALIDATOR = ROOT.parent / "shared" / "tools" / "validate_results.py"
 FIELDS = ["raw_view_img_s", "engine_view_img_s", "standard_view_img_s", "engine_over_raw", "engine_over_standard",
@@ -19,11 +20,7 @@ FIELDS = ["raw_view_img_s", "engine_view_img_s", "standard_view_img_s", "engine_
 
 @pytest.fixture(scope="module")
 def throughput() -> ModuleType:
-    """benchmarks/ is not a package: load the script as a module."""
-    spec = importlib.util.spec_from_file_location("throughput_benchmark", ROOT / "benchmarks" / "throughput.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("throughput")
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """benchmarks/time_to_accuracy.py: epoch scaling, seed hand-out, and a tiny real run on MNIST."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -11,6 +10,8 @@ from types import ModuleType
 import pytest
 import yaml
 
+from labelless.cli import load_benchmark
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "mnist"
 VALIDATOR = ROOT.parent / "shared" / "tools" / "validate_results.py"
@@ -18,10 +19,7 @@ VALIDATOR = ROOT.parent / "shared" / "tools" / "validate_results.py"
 
 @pytest.fixture(scope="module")
 def tta() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("tta_benchmark", ROOT / "benchmarks" / "time_to_accuracy.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("time_to_accuracy")
 
 
 def test_epochs_scale_with_the_budget_and_never_reach_zero(tta):
