@@ -47,3 +47,24 @@ def test_knn_indices_match_brute_force() -> None:
     assert torch.equal(knn_indices(features, 7, chunk_size=32), expected)
     with_self = knn_indices(features, 7, chunk_size=32, exclude_self=False)
     assert torch.equal(with_self[:, 0], torch.arange(90)) and with_self.dtype == torch.int64
+
+
+def _brute_kth(points: torch.Tensor, k: int) -> torch.Tensor:
+    distances = torch.cdist(points.double(), points.double())
+    distances.fill_diagonal_(float("inf"))
+    return distances.sort(1).values[:, k - 1].float()
+
+
+def test_kth_neighbour_distance_matches_brute_force() -> None:
+    from labelless.evaluate.knn import kth_neighbour_distance
+
+    generator = torch.Generator().manual_seed(0)
+    points = torch.randn(300, 12, generator=generator)
+    exact = _brute_kth(points, 10)
+    assert torch.allclose(kth_neighbour_distance(points, 10, pca=0, chunk_size=64), exact, atol=1e-4)
+    # data on a 4-d subspace of 40-d: 4 principal components lose nothing, so the candidates are right
+    flat = torch.randn(300, 4, generator=generator) @ torch.randn(4, 40, generator=generator)
+    assert torch.allclose(kth_neighbour_distance(flat, 3, pca=4, candidates=10), _brute_kth(flat, 3), atol=1e-3)
+    # an exact duplicate is a neighbour at distance 0, never the sample itself
+    doubled = torch.cat([points[:5], points[:5]])
+    assert torch.equal(kth_neighbour_distance(doubled, 1, pca=0), torch.zeros(10))

@@ -40,6 +40,9 @@ def store() -> ImageStore:
 METHODS = {
     "entropy_margin": {"name": "entropy_margin", "augment": "affine", "max_iterations": 50},
     "entropy_margin_mi": {"name": "entropy_margin", "augment": "affine", "objective": "mi_margin"},
+    "imsat": {"name": "entropy_margin", "backbone": "mlp", "backbone_options": {"width": 64}, "augment": "none",
+              "views": 0, "objective": "mi_margin", "fairness_weight": 4.0, "gamma": 0.0, "vat_weight": 10.0,
+              "head_init_std": 1e-4},
     "iic": {"name": "iic", "backbone": "vgg4", "heads": 2, "overcluster_k": 20, "augment": "affine"},
     "pseudo_label": {"name": "pseudo_label", "augment": "affine"},
     "deepcluster": {"name": "deepcluster", "augment": "affine", "sobel": True, "pca_dims": 32},
@@ -62,6 +65,8 @@ def test_tiny_run_has_finite_losses_and_predicts(key: str, store: ImageStore, tm
     assert torch.allclose(probabilities.sum(1), torch.ones(16), atol=1e-4)
     if key == "deepcluster":
         assert lines[0]["empty_pseudo_clusters"] == 0.0
+    if key == "imsat":  # the VAT radius was measured and the adversarial term trained
+        assert lines[0]["vat"] > 0 and lines[0]["vat_radius_mean"] > 0
 
 
 def test_supervised_learns_from_labels_and_refuses_to_run_without_them(store: ImageStore):
@@ -82,3 +87,16 @@ def test_supervised_learns_from_labels_and_refuses_to_run_without_them(store: Im
     assert all(math.isfinite(value) for value in losses) and 0 <= float(logs["train_accuracy"]) <= 1
     with pytest.raises(UserError, match="without labels"):
         method.training_step(Batch(images, torch.arange(64)))
+
+
+def test_deskew_input_feeds_the_network_deskewed_images_at_evaluation(store: ImageStore):
+    from labelless.data.augment import deskew
+    from labelless.methods.entropy_margin import EntropyMargin
+
+    torch.manual_seed(0)
+    images = store.batch(torch.arange(8))
+    method = EntropyMargin(k=10, in_channels=1, image_size=28, backbone="mlp", backbone_options={"width": 32},
+                           augment="none", views=0, deskew_input=True).eval()
+    with torch.no_grad():
+        assert torch.allclose(method.cluster_logits(images), method.head(method.backbone(deskew(images))))
+        assert not torch.allclose(method.cluster_logits(images), method.head(method.backbone(images)))
