@@ -170,8 +170,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from labelless.config import load_config
 
     k, k_range = _k_choice(args)
-    config = load_config(args.config, (args.set or []) + ([f"k={k}"] if k is not None else []))
-    args.run_dir = args.run_dir or str(Path("runs") / config.name)
+    overrides = [f"{key}={value}" for key, value in (("k", k), ("seed", args.seed), ("device", args.device))
+                 if value is not None]
+    config = load_config(args.config, (args.set or []) + overrides)
+    args.run_dir = args.run_dir or str(Path("runs") / (config.name + (f"-seed{args.seed}" if args.seed is not None else "")))
     return _train_and_evaluate(config, args, k_range)
 
 
@@ -324,7 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="YAML file, e.g. configs/digits/default.yaml")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
     _add_k_options(p, "the config's k, else the dataset's class count")
-    p.add_argument("--run-dir", help="where to write the run (default: runs/<config name>)")
+    p.add_argument("--device", help="cpu, cuda or auto (default: the config's device)")
+    p.add_argument("--seed", type=int, help="random seed (default: the config's seed); report mean ± std over several")
+    p.add_argument("--run-dir", help="where to write the run (default: runs/<config name>, with --seed S "
+                                     "runs/<config name>-seed<S>)")
     p.add_argument("--resume", action="store_true",
                    help="continue each stage from its checkpoint in --run-dir (stages without one start fresh): "
                         "repeat the same command to chain time-limited calls")

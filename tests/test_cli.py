@@ -165,3 +165,13 @@ def test_bench_tta_reaches_the_time_to_accuracy_script(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["bench", "tta", "--help"])
     assert exit_info.value.code == 0 and "--budget-min" in capsys.readouterr().out
+
+
+def test_train_takes_seed_and_device_like_run(capsys, tmp_path):
+    config = Path(__file__).resolve().parents[1] / "configs" / "digits" / "default.yaml"
+    code, out, _ = run_cli(capsys, "train", "--config", str(config), "--seed", "3", "--device", "cpu", "--json",
+                           "--run-dir", str(tmp_path), "--set", "stages.0.train.epochs=1",
+                           "--set", "stages.1.train.epochs=1")
+    assert code == 0 and json.loads(out)["device"].startswith("cpu")
+    recorded = (tmp_path / "config.yaml").read_text()
+    assert "seed: 3" in recorded and "device: cpu" in recorded
