@@ -68,6 +68,12 @@ def _k_choice(args: argparse.Namespace) -> tuple[int | None, range | None]:
     return None, parse_k_range(args.k_range or "2..30")
 
 
+def _add_labelled_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--labelled-fraction", type=float, metavar="F",
+                   help="weakly-supervised mode: add cross-entropy on the labels of a random fraction F of each "
+                        "class (e.g. 0.01) — the only labels that reach training; the result records it")
+
+
 def _add_k_options(p: argparse.ArgumentParser, default: str) -> None:
     p.add_argument("--k", help=f"number of clusters (default: {default}), or 'auto' to choose it without labels: "
                                "the embedding stage trains once, then K is scored by silhouette, Davies-Bouldin and "
@@ -115,7 +121,9 @@ def _run_result(run, metrics: dict, dataset: str, train_split: str) -> dict:
     return {**{k: v for k, v in metrics.items() if k.isupper() or k in ("n", "k", "split", "dataset")},
             "dataset": dataset, "train_split": train_split, "seconds": time.time() - START, "train_seconds": run.seconds,
             "method": "pipeline:" + "+".join(s.method["name"] for s in run.config.stages),
-            "labels_used_in_training": any(bool(s.method.get("uses_labels")) for s in run.config.stages),
+            "labels_used_in_training": (run.config.labelled_fraction is not None
+                                        or any(bool(s.method.get("uses_labels")) for s in run.config.stages)),
+            **({"labelled_fraction": run.config.labelled_fraction} if run.config.labelled_fraction is not None else {}),
             "device": device_name(str(run.device)),
             "run_dir": str(run.run_dir)}
 
@@ -151,7 +159,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     dataset_key = "folder" if args.dataset.startswith("folder:") else args.dataset
     k, k_range = _k_choice(args)
-    overrides = [f"seed={args.seed}", f"device={args.device}"] + (args.set or [])
+    overrides = [f"seed={args.seed}", f"device={args.device}"] + _labelled_override(args) + (args.set or [])
     if k is not None:
         overrides.append(f"k={k}")
     from labelless.train import resolve_device
@@ -166,12 +174,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _train_and_evaluate(config, args, k_range)
 
 
+def _labelled_override(args: argparse.Namespace) -> list[str]:
+    fraction = args.labelled_fraction
+    if fraction is None:
+        return []
+    if not 0 < fraction <= 1:
+        raise UserError(f"--labelled-fraction must be in (0, 1], e.g. 0.01 for 1% of each class, not {fraction}")
+    return [f"labelled_fraction={fraction}"]
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from labelless.config import load_config
 
     k, k_range = _k_choice(args)
     overrides = [f"{key}={value}" for key, value in (("k", k), ("seed", args.seed), ("device", args.device))
-                 if value is not None]
+                 if value is not None] + _labelled_override(args)
     config = load_config(args.config, (args.set or []) + overrides)
     args.run_dir = args.run_dir or str(Path("runs") / (config.name + (f"-seed{args.seed}" if args.seed is not None else "")))
     return _train_and_evaluate(config, args, k_range)
@@ -316,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_k_options(p, "the dataset's class count")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (GPU when present)")
     p.add_argument("--seed", type=int, default=0, help="random seed; report mean ± std over several")
+    _add_labelled_option(p)
     p.add_argument("--run-dir", help="where to write the run (default: runs/<config name>-seed<seed>)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config value, e.g. --set stages.0.train.epochs=50 (repeatable)")
@@ -328,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_k_options(p, "the config's k, else the dataset's class count")
     p.add_argument("--device", help="cpu, cuda or auto (default: the config's device)")
     p.add_argument("--seed", type=int, help="random seed (default: the config's seed); report mean ± std over several")
+    _add_labelled_option(p)
     p.add_argument("--run-dir", help="where to write the run (default: runs/<config name>, with --seed S "
                                      "runs/<config name>-seed<S>)")
     p.add_argument("--resume", action="store_true",

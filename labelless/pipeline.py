@@ -21,7 +21,7 @@ from torch import Tensor
 
 from labelless.config import RunConfig, save_config
 from labelless.data.sources import load_dataset
-from labelless.data.stores import ImageStore, to_float
+from labelless.data.stores import ImageStore, partial_labels, to_float
 from labelless.errors import UserError
 from labelless.evaluate.knn import knn_accuracy
 from labelless.evaluate.metrics import cluster_metrics
@@ -163,6 +163,19 @@ def choose_k(config: RunConfig, embedding_stage: Method | None, store: ImageStor
     return k
 
 
+def _weak_labels(config: RunConfig, store: ImageStore, k: int | None) -> Tensor | None:
+    """Weakly-supervised mode (`labelled_fraction`): the labels of that fraction of each class, −1
+    elsewhere — the only labels that reach training (the run records it; `partial_labels`)."""
+    if config.labelled_fraction is None:
+        return None
+    if store.labels is None:
+        raise UserError("labelled_fraction needs a dataset with labels")
+    if k is None or int(store.labels.max()) >= k:
+        raise UserError(f"labelled_fraction trains cluster c as class c: set k to the class count "
+                        f"({int(store.labels.max()) + 1}), not {k if k is not None else 'auto'}")
+    return partial_labels(store.labels, config.labelled_fraction, config.seed)
+
+
 def train(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool = False, progress: bool = True,
           store: ImageStore | None = None, k_range: range | None = None,
           on_epoch_end: Callable[[str, int, Method], None] | None = None) -> Run:
@@ -185,6 +198,7 @@ def train(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool 
         (run_dir / "skipped_files.txt").write_text("".join(f"{path}\t{reason}\n" for path, reason in store.skipped))
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
+    labels = _weak_labels(config, store, k)
     previous: Method | None = None
     for stage in config.stages:
         params = dict(stage.method)
@@ -196,7 +210,7 @@ def train(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool 
         method = build_method(name, params, k=k if k is not None else k_range[0], store=store, previous=previous,
                               where=f"stage '{stage.name}'")
         trainer = Trainer(stage, store, run_dir, device, seed=config.seed, progress=progress,
-                          on_epoch_end=on_epoch_end)
+                          on_epoch_end=on_epoch_end, labels=labels)
         # a stage not reached before the interruption starts fresh, so one command (`train --resume`)
         # serves every call of a chain of time-limited calls, the first included
         previous = trainer.fit(method, resume=resume and trainer.checkpoint_path.is_file())
@@ -209,7 +223,9 @@ def train(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool 
     # run.json: what labelless.predict.load_run needs to rebuild the model without the data (issue 7)
     (run_dir / "run.json").write_text(json.dumps({"k": k, "image_size": list(store.image_size), "channels": store.channels,
                                                   "dataset": config.dataset.name,
-                                                  "stages": [s.name for s in config.stages]}, indent=2) + "\n")
+                                                  "stages": [s.name for s in config.stages],
+                                                  "labelled_images": 0 if labels is None else int((labels >= 0).sum())},
+                                                 indent=2) + "\n")
     return Run(config, run_dir, previous, k, store.image_size, store.channels, seconds=time.time() - start)
 
 

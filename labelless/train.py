@@ -31,6 +31,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from labelless.config import StageConfig, TrainConfig
@@ -371,8 +372,15 @@ class _StepModule(nn.Module):
         super().__init__()
         self.method = method
 
-    def forward(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
-        return self.method.training_step(batch)
+    def forward(self, batch: Batch, labelled: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, dict[str, float]]:
+        loss, logs = self.method.training_step(batch)
+        if labelled is None:
+            return loss, logs
+        # weakly-supervised mode: cross-entropy of every head on a batch of labelled images
+        images, labels = labelled
+        heads = self.method.labelled_logits(images)
+        cross_entropy = torch.stack([F.cross_entropy(logits.float(), labels) for logits in heads]).mean()
+        return loss + cross_entropy, {**logs, "labelled_ce": cross_entropy.detach()}
 
 
 class Trainer:
@@ -388,9 +396,14 @@ class Trainer:
 
     def __init__(self, stage: StageConfig, store: ImageStore, run_dir: str | Path,
                  device: str | torch.device = "auto", seed: int = 0, *, progress: bool = True,
-                 tensorboard: bool = True, on_epoch_end: Callable[[str, int, Method], None] | None = None):
+                 tensorboard: bool = True, on_epoch_end: Callable[[str, int, Method], None] | None = None,
+                 labels: Tensor | None = None):
         """`on_epoch_end(stage name, epoch, method)` runs after every epoch, before its checkpoint: an
-        observer (the time-to-accuracy benchmark's evaluation-only curve); it must not train."""
+        observer (the time-to-accuracy benchmark's evaluation-only curve); it must not train.
+        `labels` (weakly-supervised mode, `labelled_fraction`): one per store row, −1 where unlabelled.
+        Every step then adds the cross-entropy of the method's heads on a random batch of the labelled
+        rows (`Method.labelled_logits`); a `uses_labels` stage (the supervised reference) sees only these
+        labels in its batches, so it trains on the labelled part alone."""
         self.stage, self.train, self.seed = stage, stage.train, seed
         self.on_epoch_end = on_epoch_end
         self.run_dir = Path(run_dir)
@@ -404,7 +417,14 @@ class Trainer:
         # Labels reach a batch only when the stage asks for them (`method.uses_labels: true`: the
         # supervised reference, weakly-supervised runs); the config, saved in the run, records it.
         self.labels = None
-        if stage.method.get("uses_labels"):
+        self.labelled_rows: Tensor | None = None  # weakly-supervised mode: rows whose label a step may use
+        if labels is not None:
+            if len(labels) != len(store):
+                raise ValueError(f"{len(labels)} partial labels for {len(store)} images")
+            self.labels = labels.long().to(self.device)
+            if not stage.method.get("uses_labels"):
+                self.labelled_rows = torch.nonzero(self.labels >= 0).flatten()
+        elif stage.method.get("uses_labels"):
             if store.labels is None:
                 raise UserError(f"stage '{stage.name}' sets uses_labels but the dataset has no labels")
             self.labels = store.labels.to(self.device)
@@ -442,6 +462,9 @@ class Trainer:
         are the exported weights and anything evaluated afterwards; the checkpoint keeps both, so a resumed
         run continues from the live weights. Resuming a finished stage just restores it.
         """
+        if self.labelled_rows is not None and type(method).labelled_logits is Method.labelled_logits:
+            raise UserError(f"stage '{self.stage.name}': method '{_method_name(method)}' has no cluster head to train "
+                            "on labels, so it cannot run with labelled_fraction (scan, iic and entropy_margin can)")
         method.to(self.device)
         if self._cuda and self.train.channels_last:
             method.to(memory_format=torch.channels_last)
@@ -544,9 +567,15 @@ class Trainer:
         factor = lr_factor(self.train, step, self.steps_per_epoch)
         for group in optimizer.param_groups:
             group["lr"] = self.train.lr * group["lr_scale"] * factor
+        labelled = None
+        if self.labelled_rows is not None:
+            size = min(self.train.batch_size, len(self.labelled_rows))
+            pick = self.labelled_rows[torch.randint(len(self.labelled_rows), (size,), device=self.device)]
+            labelled = (self.store.batch(pick), self.labels[pick])
         with self._autocast():
             labels = self.labels[rows] if self.labels is not None else None
-            loss, logs = step_fn(Batch(self.store.batch(rows), rows, labels))
+            batch = Batch(self.store.batch(rows), rows, labels)
+            loss, logs = step_fn(batch) if labelled is None else step_fn(batch, labelled)
         if loss.ndim != 0:
             raise ValueError(f"training_step returned a loss of shape {tuple(loss.shape)}, not a scalar")
         optimizer.zero_grad(set_to_none=True)

@@ -63,6 +63,7 @@ def test_baseline_kmeans_on_digits(capsys):
     (["run", "--dataset", "digits", "--set", "stages.0.method.name=nosuch"], "unknown method 'nosuch'"),
     (["run", "--dataset", "cifar10", "--data-root", "/nonexistent"], "cifar10"),
     (["run", "--dataset", "folder:/nonexistent"], "/nonexistent"),
+    (["run", "--dataset", "digits", "--labelled-fraction", "2"], "--labelled-fraction must be in (0, 1]"),
     (["baseline", "nosuch", "--dataset", "digits"], "unknown baseline"),
     (["evaluate", "/nonexistent.csv", "--dataset", "digits"], "no predictions file"),
 ])

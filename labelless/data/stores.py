@@ -217,3 +217,19 @@ def concat(stores: list[ImageStore], source: str) -> ImageStore:
     images = torch.cat([s.images for s in stores])
     labels = None if any(s.labels is None for s in stores) else torch.cat([s.labels for s in stores])
     return ImageStore(images, labels, stores[0].class_names, source)
+
+
+def partial_labels(labels: Tensor, fraction: float, seed: int = 0) -> Tensor:
+    """Weakly-supervised mode: keep the labels of a random `fraction` of each class (at least one image
+    per class), −1 elsewhere. Deterministic in `seed`; int64, same length as `labels`."""
+    if not 0 < fraction <= 1:
+        raise UserError(f"labelled fraction must be in (0, 1], not {fraction}")
+    labels = labels.long().cpu()
+    generator = torch.Generator().manual_seed(seed)
+    kept = torch.full_like(labels, -1)
+    for label in labels.unique().tolist():
+        rows = torch.nonzero(labels == label).flatten()
+        take = max(1, round(fraction * len(rows)))
+        chosen = rows[torch.randperm(len(rows), generator=generator)[:take]]
+        kept[chosen] = label
+    return kept

@@ -69,6 +69,12 @@ class Method(nn.Module):
         logits = self.cluster_logits(images)
         return None if logits is None else [logits]
 
+    def labelled_logits(self, images: Tensor) -> list[Tensor] | None:
+        """Weakly-supervised mode: differentiable N×K logits of every head on (un-augmented) labelled
+        images, trained with cross-entropy so that cluster k is class k. None: the method has no
+        cluster head to take labels (the run then refuses `labelled_fraction`)."""
+        return None
+
     def state_for_checkpoint(self) -> dict:
         """Non-parameter state to checkpoint (python values); tensors belong in registered buffers."""
         return {}
@@ -97,6 +103,10 @@ class MultiHeadClustering(Method):
 
     def head_logits(self, images: Tensor) -> list[Tensor]:
         features = self.embed(images)
+        return [head(features) for head in self.heads.heads]
+
+    def labelled_logits(self, images: Tensor) -> list[Tensor]:
+        features = self.backbone(images)
         return [head(features) for head in self.heads.heads]
 
 

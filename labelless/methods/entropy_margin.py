@@ -151,6 +151,9 @@ class EntropyMargin(Method):
         found = state.get("neighbour_distance")
         self.neighbour_distance = None if found is None else found.to(self.head.weight.device)
 
+    def labelled_logits(self, images: Tensor) -> list[Tensor]:
+        return [self._logits(self._inputs(images))]
+
     def embed(self, images: Tensor) -> Tensor:
         return predict_in_batches(lambda x: self.backbone(self._inputs(x)), images)
 

@@ -1,0 +1,76 @@
+"""Weakly-supervised mode (`labelled_fraction`, issue 6 §5): which labels reach training, that the
+cross-entropy on them trains cluster c as class c, and the refusals."""
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from labelless.config import load_config
+from labelless.data.stores import ImageStore, partial_labels
+from labelless.errors import UserError
+from labelless.pipeline import train
+
+
+def test_partial_labels_keep_a_fraction_of_every_class_and_are_deterministic():
+    labels = torch.arange(5).repeat_interleave(torch.tensor([100, 40, 7, 1, 52]))
+    kept = partial_labels(labels, 0.1, seed=3)
+    counts = [int((kept == c).sum()) for c in range(5)]
+    assert counts == [10, 4, 1, 1, 5]  # round(0.1·n), at least one image per class
+    assert torch.equal(kept[kept >= 0], labels[kept >= 0])  # a kept label is the true one
+    assert int((kept == -1).sum()) == len(labels) - sum(counts)
+    assert torch.equal(partial_labels(labels, 0.1, seed=3), kept)
+    assert not torch.equal(partial_labels(labels, 0.1, seed=4), kept)
+    with pytest.raises(UserError, match="labelled fraction"):
+        partial_labels(labels, 0.0)
+
+
+@pytest.fixture(scope="module")
+def bars() -> ImageStore:
+    """Four classes of 8×8 images: a bright bar in one of four rows, with pixel noise."""
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(4).repeat(64)
+    images = (torch.rand(256, 8, 8, 1, generator=generator) * 60).to(torch.uint8)
+    for i, label in enumerate(labels.tolist()):
+        images[i, 2 * label:2 * label + 2] = 255
+    return ImageStore(images, labels)
+
+
+def _config(method: dict, fraction: float | None, k: int = 4, epochs: int = 3):
+    return load_config({"name": "weak", "dataset": {"name": "digits"}, "device": "cpu", "k": k, "seed": 0,
+                        "labelled_fraction": fraction, "method": method,
+                        "train": {"epochs": epochs, "batch_size": 64, "optimizer": "adam", "lr": 1e-2,
+                                  "log_every": 1}})
+
+
+MLP = {"name": "entropy_margin", "backbone": "mlp", "backbone_options": {"width": 32}, "augment": "none",
+       "views": 0, "objective": "mi_margin"}
+
+
+def test_labels_train_cluster_c_as_class_c(bars: ImageStore, tmp_path: Path):
+    run = train(_config(MLP, 0.25, epochs=5), tmp_path, progress=False, store=bars)
+    predicted = run.probabilities(bars.images).argmax(1)
+    # without the labels cluster ids are an arbitrary permutation; with them, the identity
+    assert float((predicted == bars.labels).float().mean()) > 0.9
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(line["labelled_ce"]) for line in lines)
+    assert lines[-1]["labelled_ce"] < lines[0]["labelled_ce"]
+    assert json.loads((tmp_path / "run.json").read_text())["labelled_images"] == 64  # 25 % of 4 × 64
+
+
+def test_without_labelled_fraction_no_label_reaches_training(bars: ImageStore, tmp_path: Path):
+    train(_config(MLP, None, epochs=1), tmp_path, progress=False, store=bars)
+    line = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert "labelled_ce" not in line
+    assert json.loads((tmp_path / "run.json").read_text())["labelled_images"] == 0
+
+
+def test_refusals_are_clear(bars: ImageStore, tmp_path: Path):
+    with pytest.raises(UserError, match="set k to the class count"):
+        train(_config(MLP, 0.25, k=3), tmp_path / "a", progress=False, store=bars)
+    with pytest.raises(UserError, match="no cluster head to train on labels"):
+        train(_config({"name": "simclr", "backbone": "mlp", "augment": "none"}, 0.25), tmp_path / "b",
+              progress=False, store=bars)
+    with pytest.raises(UserError, match="needs a dataset with labels"):
+        train(_config(MLP, 0.25), tmp_path / "c", progress=False, store=bars.without_labels())
