@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
                       **({"ACC_PER_HEAD": r["ACC_PER_HEAD"]} if "ACC_PER_HEAD" in r else {})} for r in runs],
         "head_selection": "lowest_loss",
         "labels_used_in_training": first["labels_used_in_training"],
+        **({"labelled_fraction": first["labelled_fraction"]} if "labelled_fraction" in first else {}),
         "device": first["device"],
         "wall_seconds": statistics.mean(r["wall_seconds"] for r in runs),
         **stamp("labelless " + " ".join(command) + " --seed S --json"),

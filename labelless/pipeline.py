@@ -173,6 +173,11 @@ def _weak_labels(config: RunConfig, store: ImageStore, k: int | None) -> Tensor 
     if k is None or int(store.labels.max()) >= k:
         raise UserError(f"labelled_fraction trains cluster c as class c: set k to the class count "
                         f"({int(store.labels.max()) + 1}), not {k if k is not None else 'auto'}")
+    for stage in config.stages:  # refuse before any stage trains, not when the first such stage starts
+        cls = METHODS.get(stage.method["name"])
+        if cls is not None and cls.labelled_logits is Method.labelled_logits and not stage.method.get("uses_labels"):
+            raise UserError(f"stage '{stage.name}': method '{cls.name}' has no cluster head to train on labels, so "
+                            "it cannot run with labelled_fraction (scan, iic, selflabel and entropy_margin can)")
     return partial_labels(store.labels, config.labelled_fraction, config.seed)
 
 

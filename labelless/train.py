@@ -464,7 +464,7 @@ class Trainer:
         """
         if self.labelled_rows is not None and type(method).labelled_logits is Method.labelled_logits:
             raise UserError(f"stage '{self.stage.name}': method '{_method_name(method)}' has no cluster head to train "
-                            "on labels, so it cannot run with labelled_fraction (scan, iic and entropy_margin can)")
+                            "on labels, so it cannot run with labelled_fraction (scan, iic, selflabel and entropy_margin can)")
         method.to(self.device)
         if self._cuda and self.train.channels_last:
             method.to(memory_format=torch.channels_last)

@@ -72,5 +72,13 @@ def test_refusals_are_clear(bars: ImageStore, tmp_path: Path):
     with pytest.raises(UserError, match="no cluster head to train on labels"):
         train(_config({"name": "simclr", "backbone": "mlp", "augment": "none"}, 0.25), tmp_path / "b",
               progress=False, store=bars)
+    # a pipeline is checked before its first stage trains
+    two_stages = load_config({"name": "weak", "dataset": {"name": "digits"}, "device": "cpu", "k": 4,
+                              "labelled_fraction": 0.25, "train": {"epochs": 1, "batch_size": 64},
+                              "stages": [{"name": "cluster", "method": MLP},
+                                         {"name": "embed", "method": {"name": "simclr", "backbone": "mlp"}}]})
+    with pytest.raises(UserError, match="stage 'embed'.*no cluster head"):
+        train(two_stages, tmp_path / "d", progress=False, store=bars)
+    assert not (tmp_path / "d" / "metrics.jsonl").exists()
     with pytest.raises(UserError, match="needs a dataset with labels"):
         train(_config(MLP, 0.25), tmp_path / "c", progress=False, store=bars.without_labels())
