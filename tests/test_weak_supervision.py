@@ -82,3 +82,21 @@ def test_refusals_are_clear(bars: ImageStore, tmp_path: Path):
     assert not (tmp_path / "d" / "metrics.jsonl").exists()
     with pytest.raises(UserError, match="needs a dataset with labels"):
         train(_config(MLP, 0.25), tmp_path / "c", progress=False, store=bars.without_labels())
+
+
+def test_supervised_reference_trains_on_the_kept_labels_only(bars: ImageStore, tmp_path: Path):
+    from labelless.methods.base import Batch
+    from labelless.methods.supervised import Supervised
+
+    torch.manual_seed(0)
+    method = Supervised(k=4, in_channels=1, image_size=8, backbone="mlp", augment="none", uses_labels=True,
+                        backbone_options={"width": 16})
+    images = bars.batch(torch.arange(8))
+    none_kept = torch.full((8,), -1)
+    loss, logs = method.training_step(Batch(images, torch.arange(8), none_kept))
+    assert loss.item() == 0.0 and logs["train_accuracy"].item() == 0.0  # no labelled row: no signal, no NaN
+    loss.backward()
+    config = _config({"name": "supervised", "backbone": "mlp", "backbone_options": {"width": 32},
+                      "augment": "none", "uses_labels": True}, 0.25, epochs=5)
+    run = train(config, tmp_path, progress=False, store=bars)
+    assert float((run.probabilities(bars.images).argmax(1) == bars.labels).float().mean()) > 0.9

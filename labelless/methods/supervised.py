@@ -24,12 +24,14 @@ class Supervised(Method):
     uses_labels: ClassVar[bool] = True
 
     def __init__(self, *, k: int, in_channels: int, image_size: int, pretrained: Method | None = None,
-                 backbone: str = "vgg4", augment: str = "weak", dropout: float = 0.0, uses_labels: bool = False) -> None:
+                 backbone: str = "vgg4", augment: str = "weak", dropout: float = 0.0, uses_labels: bool = False,
+                 backbone_options: dict | None = None) -> None:
         super().__init__()
         if not uses_labels:
             raise UserError("method 'supervised' trains on the labels: set `uses_labels: true` in its method "
                             "config, so that the Trainer passes them and the run records it")
-        self.backbone = build_backbone(backbone, in_channels=in_channels, image_size=image_size)
+        self.backbone = build_backbone(backbone, in_channels=in_channels, image_size=image_size,
+                                       **(backbone_options or {}))
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.backbone.num_features, k)
         self.augment = Augment(augment, size=image_size, channels=in_channels)
@@ -40,8 +42,10 @@ class Supervised(Method):
                             "when the stage's method config sets `uses_labels: true`")
         logits = self.head(self.dropout(self.backbone(self.augment(batch.images)))).float()
         labelled = batch.labels >= 0
-        loss = F.cross_entropy(logits, batch.labels, ignore_index=-1)
-        accuracy = (logits.argmax(1) == batch.labels)[labelled].float().mean()
+        # mean over the labelled rows; in weakly-supervised mode (−1 elsewhere) a batch may hold none: 0
+        count = labelled.sum().clamp_min(1)
+        loss = F.cross_entropy(logits, batch.labels, ignore_index=-1, reduction="sum") / count
+        accuracy = ((logits.argmax(1) == batch.labels) & labelled).sum() / count
         return loss, {"train_accuracy": accuracy.detach()}
 
     def embed(self, images: Tensor) -> Tensor:
