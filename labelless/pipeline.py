@@ -29,7 +29,7 @@ from labelless.kselect import RULE, format_scores, scores_table, select_k
 from labelless.methods.base import Method
 from labelless.methods.scan import pixel_features
 from labelless.registry import METHODS, NEEDS_PREVIOUS_STAGE
-from labelless.train import Trainer, export_weights, resolve_device
+from labelless.train import Trainer, export_weights, labels_refused, resolve_device, takes_labels
 
 PROJECT_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 CONFIDENT_THRESHOLD = 0.9  # LSD-C reports the share of samples above 0.9 and their ACC
@@ -175,9 +175,8 @@ def _weak_labels(config: RunConfig, store: ImageStore, k: int | None) -> Tensor 
                         f"({int(store.labels.max()) + 1}), not {k if k is not None else 'auto'}")
     for stage in config.stages:  # refuse before any stage trains, not when the first such stage starts
         cls = METHODS.get(stage.method["name"])
-        if cls is not None and cls.labelled_logits is Method.labelled_logits and not stage.method.get("uses_labels"):
-            raise UserError(f"stage '{stage.name}': method '{cls.name}' has no cluster head to train on labels, so "
-                            "it cannot run with labelled_fraction (scan, iic, selflabel and entropy_margin can)")
+        if cls is not None and not takes_labels(cls) and not stage.method.get("uses_labels"):
+            raise labels_refused(stage.name, cls.name)
     return partial_labels(store.labels, config.labelled_fraction, config.seed)
 
 

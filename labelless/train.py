@@ -357,6 +357,16 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def takes_labels(method_class: type[Method]) -> bool:
+    """Whether a method can train in weakly-supervised mode: it has cluster heads (`labelled_logits`)."""
+    return method_class.labelled_logits is not Method.labelled_logits
+
+
+def labels_refused(stage: str, method: str) -> UserError:
+    return UserError(f"stage '{stage}': method '{method}' has no cluster head to train on labels, so it cannot "
+                     "run with labelled_fraction (scan, iic, selflabel and entropy_margin can)")
+
+
 def _method_name(method: Method) -> str:
     return getattr(method, "name", type(method).__name__)
 
@@ -462,9 +472,8 @@ class Trainer:
         are the exported weights and anything evaluated afterwards; the checkpoint keeps both, so a resumed
         run continues from the live weights. Resuming a finished stage just restores it.
         """
-        if self.labelled_rows is not None and type(method).labelled_logits is Method.labelled_logits:
-            raise UserError(f"stage '{self.stage.name}': method '{_method_name(method)}' has no cluster head to train "
-                            "on labels, so it cannot run with labelled_fraction (scan, iic, selflabel and entropy_margin can)")
+        if self.labelled_rows is not None and not takes_labels(type(method)):
+            raise labels_refused(self.stage.name, _method_name(method))
         method.to(self.device)
         if self._cuda and self.train.channels_last:
             method.to(memory_format=torch.channels_last)
