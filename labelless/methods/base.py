@@ -1,8 +1,10 @@
 """The thin interface between the Trainer and a method (see DESIGN.md).
 
 A method is an `nn.Module` that owns its networks, losses and state (memory banks, pseudo-labels,
-neighbours). The Trainer only calls the five methods below; everything a method shares with another
-lives in `labelless.losses` or `labelless.nn` as functions, not in this base class.
+neighbours). The Trainer calls `on_epoch_start`, `training_step`, `parameter_groups`, the checkpoint
+pair and, only in weakly-supervised mode, `labelled_logits` (DESIGN.md's interface plus that one hook);
+evaluation and reports call `embed`, `cluster_logits` and `head_logits`. Everything a method shares
+with another lives in `labelless.losses` or `labelless.nn` as functions, not in this base class.
 """
 from __future__ import annotations
 
