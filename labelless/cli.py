@@ -141,6 +141,9 @@ def _train_and_evaluate(config, args: argparse.Namespace, k_range: range | None 
     # loaded before training, so that a split that does not exist fails in a second, not after the run
     eval_store = store if eval_split == train_split else load_dataset(config.dataset.name, split=eval_split,
                                                                       root=config.dataset.root)
+    if config.labelled_fraction is not None and eval_split == train_split:
+        print(f"warning: weakly-supervised run scored on the split it trains on ('{eval_split}'): the "
+              f"labelled images are part of the score", file=sys.stderr)
     run = train(config, args.run_dir, resume=getattr(args, "resume", False), progress=not args.json, store=store,
                 k_range=k_range)
     metrics = evaluate(run, eval_store, eval_split, config.dataset.name, train_store=store)

@@ -176,3 +176,12 @@ def test_train_takes_seed_and_device_like_run(capsys, tmp_path):
     assert code == 0 and json.loads(out)["device"].startswith("cpu")
     recorded = (tmp_path / "config.yaml").read_text()
     assert "seed: 3" in recorded and "device: cpu" in recorded
+
+
+def test_weak_mode_scored_on_its_training_split_says_so(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "run", "--dataset", "digits", "--labelled-fraction", "0.1", "--device", "cpu",
+                             "--run-dir", str(tmp_path), "--json", "--set", "stages.0.train.epochs=1",
+                             "--set", "stages.1.train.epochs=1")
+    assert code == 0 and "labelled images are part of the score" in err
+    result = json.loads(out)
+    assert result["labels_used_in_training"] is True and result["labelled_fraction"] == 0.1
