@@ -87,6 +87,17 @@ def knn_indices(features: Tensor | np.ndarray, k: int, chunk_size: int = DEFAULT
     return torch.cat(neighbours)
 
 
+def principal_components(features: Tensor, dims: int) -> Tensor:
+    """The first `dims` principal-component scores of centred `features` (randomised SVD, torch's
+    `pca_lowrank`): cosine kNN on 50 components of MNIST pixels agrees with the labels a little more often than on
+    all 784 (0.945 against 0.939) and mines 3.5× faster (benchmarks/results/neighbours-mnist.json)."""
+    if dims <= 0 or dims >= features.shape[1]:
+        return features
+    centred = features - features.mean(0)
+    _, _, v = torch.pca_lowrank(centred, q=dims, center=False, niter=3)
+    return centred @ v
+
+
 @torch.no_grad()
 def kth_neighbour_distance(features: Tensor | np.ndarray, k: int = 10, *, candidates: int = 30, pca: int = 50,
                            chunk_size: int = DEFAULT_CHUNK) -> Tensor:
@@ -101,11 +112,7 @@ def kth_neighbour_distance(features: Tensor | np.ndarray, k: int = 10, *, candid
     if not 0 < k < len(points):
         raise ValueError(f"the {k}-th neighbour asked of {len(points)} samples")
     candidates = min(max(candidates, k), len(points) - 1)
-    search = points
-    if 0 < pca < points.shape[1]:
-        centred = points - points.mean(0)
-        _, _, v = torch.pca_lowrank(centred, q=pca, center=False, niter=3)
-        search = centred @ v
+    search = principal_components(points, pca)  # distances ignore the centring
     squared = search.pow(2).sum(1)
     distances = []
     for start in range(0, len(points), chunk_size):
