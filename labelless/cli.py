@@ -1,6 +1,6 @@
 """`labelless` command line: a thin layer over the Python API with one vocabulary everywhere
 (`--dataset`, `--k`, `--device`, `--seed`, `--run-dir`, `--json`). Mistakes a user can fix end in one
-line on stderr and exit code 2, never a traceback."""
+line on stderr and exit code 2, never a traceback; a diverged training exits 1, a `--time-limit` stop 75."""
 from __future__ import annotations
 
 import argparse
@@ -9,10 +9,12 @@ import sys
 import time
 from pathlib import Path
 
-from labelless.errors import UserError
+from labelless.errors import TimeLimitReached, TrainingDiverged, UserError
 from labelless.provenance import device_name
 
 START = time.time()
+STARTED = time.monotonic()  # `--time-limit` counts from here: the command's start (imports are before it)
+EXIT_TIME_LIMIT = 75  # EX_TEMPFAIL: stopped at --time-limit, checkpointed; rerun with --resume
 
 DATASET_HELP = ("dataset name: cifar10, mnist, digits (bundled, no download), cifar100, cifar20, stl10, svhn, "
                 "or folder:PATH for your own images")
@@ -43,6 +45,16 @@ def _print(result: dict, as_json: bool) -> None:
     for key, value in result.items():
         shown = f"{value:.4f}" if isinstance(value, float) else value
         print(f"{key:<{width}}  {shown}")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'")
+    return value
 
 
 def _positive(text: str) -> int:
@@ -144,8 +156,13 @@ def _train_and_evaluate(config, args: argparse.Namespace, k_range: range | None 
     if config.labelled_fraction is not None and eval_split == train_split:
         print(f"warning: weakly-supervised run scored on the split it trains on ('{eval_split}'): the "
               f"labelled images are part of the score", file=sys.stderr)
-    run = train(config, args.run_dir, resume=getattr(args, "resume", False), progress=not args.json, store=store,
-                k_range=k_range)
+    deadline = None
+    if args.time_limit is not None:
+        from labelless.train import Deadline
+
+        deadline = Deadline.after(args.time_limit * 60, start=STARTED)
+    run = train(config, args.run_dir, resume=args.resume, progress=not args.json, store=store,
+                k_range=k_range, deadline=deadline)
     metrics = evaluate(run, eval_store, eval_split, config.dataset.name, train_store=store)
     write_report(run.run_dir, store=eval_store, split=eval_split, device=str(run.device))
     _print(_run_result(run, metrics, config.dataset.name, train_split), args.json)
@@ -338,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed; report mean ± std over several")
     _add_labelled_option(p)
     p.add_argument("--run-dir", help="where to write the run (default: runs/<config name>-seed<seed>)")
+    _add_chain_options(p)
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config value, e.g. --set stages.0.train.epochs=50 (repeatable)")
     p.add_argument("--json", action="store_true", help="print one JSON object (keys as in RESULTS.md) instead of a table")
@@ -352,9 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_labelled_option(p)
     p.add_argument("--run-dir", help="where to write the run (default: runs/<config name>, with --seed S "
                                      "runs/<config name>-seed<S>)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue each stage from its checkpoint in --run-dir (stages without one start fresh): "
-                        "repeat the same command to chain time-limited calls")
+    _add_chain_options(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=cmd_train)
 
@@ -428,6 +444,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_chain_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", action="store_true",
+                   help="continue each stage from its checkpoint in --run-dir (stages without one start fresh): "
+                        "repeat the same command to chain time-limited calls")
+    p.add_argument("--time-limit", type=_positive_float, metavar="MIN",
+                   help="stop at the last epoch end that fits in MIN minutes from the command's start, checkpoint, "
+                        f"and exit {EXIT_TIME_LIMIT}; the same command with --resume continues (chains of "
+                        "time-limited calls; every call trains at least one epoch)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -436,6 +462,12 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"labelless: error: {error}", file=sys.stderr)
         return 2
+    except TimeLimitReached as stop:
+        print(f"labelless: {stop}; run the same command with --resume to continue", file=sys.stderr)
+        return EXIT_TIME_LIMIT
+    except TrainingDiverged as error:
+        print(f"labelless: error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("labelless: interrupted", file=sys.stderr)
         return 130

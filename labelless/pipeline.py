@@ -29,7 +29,7 @@ from labelless.kselect import RULE, format_scores, scores_table, select_k
 from labelless.methods.base import Method
 from labelless.methods.scan import pixel_features
 from labelless.registry import METHODS, NEEDS_PREVIOUS_STAGE
-from labelless.train import Trainer, export_weights, labels_refused, resolve_device, takes_labels
+from labelless.train import Deadline, Trainer, export_weights, labels_refused, resolve_device, takes_labels
 
 PROJECT_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 CONFIDENT_THRESHOLD = 0.9  # LSD-C reports the share of samples above 0.9 and their ACC
@@ -182,14 +182,17 @@ def _weak_labels(config: RunConfig, store: ImageStore, k: int | None) -> Tensor 
 
 def train(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool = False, progress: bool = True,
           store: ImageStore | None = None, k_range: range | None = None,
-          on_epoch_end: Callable[[str, int, Method], None] | None = None) -> Run:
+          on_epoch_end: Callable[[str, int, Method], None] | None = None,
+          deadline: Deadline | None = None) -> Run:
     """Train every stage of `config` in order; returns the Run (final method, evaluated later).
 
     With `resume`, each stage continues from its checkpoint in `run_dir` where one exists (a finished
     stage is just restored) and starts fresh otherwise. With `k_range` (`--k auto`), `config.k` is
     ignored: the leading embedding-only stages train once, then `choose_k` picks K on their embedding
     and the remaining stages train with it; config.yaml and run.json record the chosen K.
-    `on_epoch_end(stage, epoch, method)` is passed to every stage's Trainer (an observer)."""
+    `on_epoch_end(stage, epoch, method)` is passed to every stage's Trainer (an observer). With a
+    `deadline`, TimeLimitReached propagates from the stage that stopped, its epochs checkpointed: the same
+    call with `resume=True` continues the chain."""
     start = time.time()
     run_dir = Path(run_dir or Path("runs") / config.name)
     if store is None:
@@ -214,7 +217,7 @@ def train(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool 
         method = build_method(name, params, k=k if k is not None else k_range[0], store=store, previous=previous,
                               where=f"stage '{stage.name}'")
         trainer = Trainer(stage, store, run_dir, device, seed=config.seed, progress=progress,
-                          on_epoch_end=on_epoch_end, labels=labels)
+                          on_epoch_end=on_epoch_end, labels=labels, deadline=deadline)
         # a stage not reached before the interruption starts fresh, so one command (`train --resume`)
         # serves every call of a chain of time-limited calls, the first included
         previous = trainer.fit(method, resume=resume and trainer.checkpoint_path.is_file())

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from labelless.config import StageConfig, TrainConfig
 from labelless.data.stores import ImageStore
-from labelless.errors import UserError
+from labelless.errors import TimeLimitReached, TrainingDiverged, UserError
 from labelless.methods.base import Batch, EpochContext, Method
 
 CHECKPOINT_FORMAT = "labelless-checkpoint"
@@ -45,15 +45,26 @@ COLLAPSE_FRACTION = 0.9  # one cluster holding more than this share of the sampl
 COLLAPSE_SAMPLE = 2048  # images in the fixed sample the collapse check predicts on
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite. The last checkpoint written before it is left untouched."""
+@dataclass
+class Deadline:
+    """A wall-clock limit for one call of a chain of time-limited calls (`--time-limit`).
 
-    def __init__(self, stage: str, epoch: int, step: int, step_in_epoch: int, value: float, checkpoint: Path):
-        self.epoch, self.step, self.checkpoint = epoch, step, checkpoint
-        kept = (f"the last good checkpoint {checkpoint} is kept" if checkpoint.exists()
-                else "no checkpoint had been written yet")
-        super().__init__(f"stage '{stage}': loss is {value} at epoch {epoch}, step {step} (step {step_in_epoch} of "
-                         f"the epoch); {kept}. Lower train.lr, add warm-up or set train.grad_clip.")
+    Checked at epoch ends only (checkpoints are exact there): a stage stops when the next epoch, taking
+    as long as the last one did, would end after `at` (a `time.monotonic()` value); a stage not yet
+    started stops before it starts once `at` has passed. Every call trains at least one epoch, so a
+    chain always makes progress, even when one epoch is longer than the limit.
+    """
+
+    at: float
+    trained: bool = False  # an epoch has been trained under this deadline
+
+    @classmethod
+    def after(cls, seconds: float, start: float | None = None) -> Deadline:
+        return cls((time.monotonic() if start is None else start) + seconds)
+
+    def allows(self, seconds: float) -> bool:
+        """Whether work expected to take `seconds` may start now."""
+        return not self.trained or time.monotonic() + seconds <= self.at
 
 
 class CollapseWarning(UserWarning):
@@ -407,14 +418,15 @@ class Trainer:
     def __init__(self, stage: StageConfig, store: ImageStore, run_dir: str | Path,
                  device: str | torch.device = "auto", seed: int = 0, *, progress: bool = True,
                  tensorboard: bool = True, on_epoch_end: Callable[[str, int, Method], None] | None = None,
-                 labels: Tensor | None = None):
+                 labels: Tensor | None = None, deadline: Deadline | None = None):
         """`on_epoch_end(stage name, epoch, method)` runs after every epoch, before its checkpoint: an
         observer (the time-to-accuracy benchmark's evaluation-only curve); it must not train.
         `labels` (weakly-supervised mode, `labelled_fraction`): one per store row, −1 where unlabelled.
         Every step then adds the cross-entropy of the method's heads on a random batch of the labelled
         rows (`Method.labelled_logits`); a `uses_labels` stage (the supervised reference) sees only these
-        labels in its batches, so it trains on the labelled part alone."""
-        self.stage, self.train, self.seed = stage, stage.train, seed
+        labels in its batches, so it trains on the labelled part alone. With a `deadline`, `fit` raises
+        TimeLimitReached at the first epoch end where the next epoch would not fit, after checkpointing."""
+        self.stage, self.train, self.seed, self.deadline = stage, stage.train, seed, deadline
         self.on_epoch_end = on_epoch_end
         self.run_dir = Path(run_dir)
         self.progress, self.tensorboard = progress, tensorboard
@@ -480,17 +492,26 @@ class Trainer:
         optimizer = build_optimizer(optimizer_groups(method, self.train), self.train)
         ema = WeightEMA(method, self.train.ema_decay) if self.train.ema_decay is not None else None
         epoch, step = self._restore(method, optimizer, ema) if resume else (0, 0)
+        if epoch < self.train.epochs and self._out_of_time(0.0):
+            raise TimeLimitReached(self.stage.name, epoch, self.train.epochs, self.checkpoint_path)
         step_fn = self._step_function(method)
         log = _RunLog(self, first_epoch=epoch, first_step=step)
         try:
             clock = _StageClock(self.steps_per_epoch * (self.train.epochs - epoch))
             for epoch in range(epoch, self.train.epochs):
+                started = time.monotonic()
                 step = self._run_epoch(epoch, step, method, step_fn, optimizer, ema, log, clock)
                 if self.on_epoch_end is not None and self.dist.is_main:
                     self.on_epoch_end(self.stage.name, epoch, method)
                     method.train()
-                if (epoch + 1) % self.train.checkpoint_every == 0 or epoch + 1 == self.train.epochs:
-                    self._save(method, optimizer, ema, epoch + 1, step)
+                done = epoch + 1
+                if self.deadline is not None:
+                    self.deadline.trained = True
+                stop = done < self.train.epochs and self._out_of_time(time.monotonic() - started)
+                if done % self.train.checkpoint_every == 0 or done == self.train.epochs or stop:
+                    self._save(method, optimizer, ema, done, step)
+                if stop:
+                    raise TimeLimitReached(self.stage.name, done, self.train.epochs, self.checkpoint_path)
         finally:
             log.close()
         if ema is not None:
@@ -614,6 +635,15 @@ class Trainer:
             raise TrainingDiverged(self.stage.name, epoch, global_step, first, float(losses[first]),
                                    self.checkpoint_path)
         return float(window.mean())
+
+    def _out_of_time(self, next_seconds: float) -> bool:
+        """Whether the deadline forbids work of `next_seconds`; rank 0 decides for every rank."""
+        if self.deadline is None:
+            return False
+        flag = torch.tensor([0.0 if self.deadline.allows(next_seconds) else 1.0], device=self.device)
+        if _distributed():
+            dist.broadcast(flag, src=0)
+        return bool(flag.item())
 
     def _mean_over_ranks(self, value: Tensor) -> float:
         if _distributed():

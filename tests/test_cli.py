@@ -103,6 +103,44 @@ def test_train_resume_restores_finished_stages_and_starts_missing_ones(capsys, t
     assert (tmp_path / "predictions.csv").read_text() == predictions
 
 
+def test_time_limit_stops_with_exit_75_and_the_same_command_finishes_the_run(capsys, tmp_path):
+    """`--time-limit` (here far below one epoch) stops after one epoch per call, checkpointed, with one
+    line and exit code 75; repeating the command with --resume finishes with the clusters of an
+    uninterrupted run."""
+    config = Path(__file__).resolve().parents[1] / "configs" / "digits" / "default.yaml"
+    short = ["--config", str(config), "--json", "--set", "stages.0.train.epochs=2", "--set", "stages.1.train.epochs=1",
+             "--set", "device=cpu"]
+    code, straight, _ = run_cli(capsys, "train", *short, "--run-dir", str(tmp_path / "straight"))
+    assert code == 0
+    chain = ["train", *short, "--run-dir", str(tmp_path / "chain"), "--resume", "--time-limit", "0.0001"]
+    stops = []
+    for _ in range(5):
+        code, out, err = run_cli(capsys, *chain)
+        if code == 0:
+            break
+        assert code == 75 and out == "" and len(err.strip().splitlines()) == 1, (code, err)
+        stops.append(err.split("time limit: ")[1].split(",")[0].split(" (")[0])
+    assert code == 0, err
+    assert stops == ["stage 'cluster' stopped after epoch 1 of 2", "stage 'selflabel' not started"]
+    assert json.loads(out)["ACC"] == json.loads(straight)["ACC"]
+    assert (tmp_path / "chain" / "predictions.csv").read_text() == (tmp_path / "straight" / "predictions.csv").read_text()
+
+
+def test_a_diverged_training_is_one_line_and_exit_1(capsys, tmp_path):
+    config = Path(__file__).resolve().parents[1] / "configs" / "digits" / "default.yaml"
+    code, out, err = run_cli(capsys, "train", "--config", str(config), "--run-dir", str(tmp_path), "--json",
+                             "--set", "stages.0.train.lr=1e30", "--set", "device=cpu")
+    assert code == 1 and out == "" and len(err.strip().splitlines()) == 1
+    assert "stage 'cluster': loss is nan" in err and "Lower train.lr" in err
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon"])
+def test_time_limit_must_be_a_positive_number(capsys, value):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--config", "x.yaml", "--time-limit", value])
+    assert exit_info.value.code == 2 and "expected a positive number" in capsys.readouterr().err
+
+
 def test_demo_margin_writes_its_png(capsys, tmp_path):
     code, out, _ = run_cli(capsys, "demo", "margin", "--out", str(tmp_path / "m.png"), "--gamma", "0", "0.1")
     assert code == 0 and (tmp_path / "m.png").stat().st_size > 10_000

@@ -19,8 +19,10 @@ from labelless.config import StageConfig, TrainConfig
 from labelless.data.stores import ImageStore
 from labelless.errors import UserError
 from labelless.methods.base import Batch, EpochContext, Method
-from labelless.train import (LARS, CollapseWarning, Trainer, TrainingDiverged, all_gather_tensor, build_optimizer,
-                             distributed_info, epoch_batches, lr_factor, optimizer_groups, save_checkpoint)
+from labelless.errors import TimeLimitReached
+from labelless.train import (LARS, CollapseWarning, Deadline, Trainer, TrainingDiverged, all_gather_tensor,
+                             build_optimizer, distributed_info, epoch_batches, lr_factor, optimizer_groups,
+                             save_checkpoint)
 
 
 def make_store(n: int = 64) -> ImageStore:
@@ -174,6 +176,55 @@ def test_resume_after_a_crash_is_exact(tmp_path):
     assert resumed.epochs_started == straight.epochs_started == [0, 1, 2, 3]
     losses = [(line["epoch"], line["loss"]) for line in metrics(tmp_path / "resumed")]
     assert losses == [(line["epoch"], line["loss"]) for line in metrics(tmp_path / "straight")]
+
+
+def test_a_deadline_stops_at_epoch_ends_and_the_chain_of_calls_resumes_exactly(tmp_path):
+    """Under a deadline that has passed, each call trains one epoch (every call makes progress), writes
+    its checkpoint although checkpoint_every would skip it, and raises TimeLimitReached; repeating the
+    call with resume ends with the uninterrupted weights, bit for bit. A distant deadline changes nothing."""
+    config = stage(epochs=4, schedule="cosine", warmup_epochs=1, nesterov=True, ema_decay=0.9, checkpoint_every=3)
+    torch.manual_seed(0)
+    straight = fit(TinyMethod(), tmp_path / "straight", config)
+
+    def call(run_dir: Path, number: int, deadline: Deadline) -> Method:
+        torch.manual_seed(0 if number == 1 else 100 + number)  # later calls: other init, restored from the checkpoint
+        trainer = Trainer(config, make_store(), run_dir, "cpu", seed=7, progress=False, tensorboard=False,
+                          deadline=deadline)
+        return trainer.fit(TinyMethod(), resume=number > 1)
+
+    calls = 0
+    while True:
+        calls += 1
+        try:
+            chained = call(tmp_path / "chain", calls, Deadline(at=0.0))
+            break
+        except TimeLimitReached as stop:
+            assert (stop.stage, stop.epochs_done, stop.epochs) == ("tiny", calls, 4)
+            assert torch.load(stop.checkpoint, weights_only=False)["epoch"] == calls
+    assert calls == 4
+    roomy = call(tmp_path / "roomy", 1, Deadline.after(3600))
+    for key, value in straight.state_dict().items():
+        assert torch.equal(chained.state_dict()[key], value), key
+        assert torch.equal(roomy.state_dict()[key], value), key
+    assert [line["epoch"] for line in metrics(tmp_path / "chain")] == [0, 1, 2, 3]
+
+
+def test_a_stage_not_started_before_the_deadline_is_left_for_the_next_call(tmp_path):
+    spent = Deadline(at=0.0, trained=True)  # an earlier stage of this call trained an epoch, and time is up
+    with pytest.raises(TimeLimitReached, match="stage 'tiny' not started"):
+        Trainer(stage(), make_store(), tmp_path, "cpu", progress=False, tensorboard=False,
+                deadline=spent).fit(TinyMethod())
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_deadline_lets_work_start_only_when_it_fits():
+    import time
+
+    deadline = Deadline.after(10.0)
+    assert deadline.allows(60.0)  # nothing trained yet under it: the first epoch always runs
+    deadline.trained = True
+    assert deadline.allows(5.0) and not deadline.allows(20.0)
+    assert not Deadline(at=time.monotonic() - 1, trained=True).allows(0.0)
 
 
 def test_resuming_a_finished_stage_restores_it(tmp_path):
