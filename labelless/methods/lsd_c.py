@@ -126,6 +126,7 @@ class LSDC(Method):
             "cosine": partial(cosine_pair_labels, threshold=cosine_threshold),
             "sne": partial(sne_pair_labels, threshold=sne_threshold, temperature=sne_temperature),
         }[labelling]
+        self.knn_k = knn_k if labelling == "knn" else None
         self.consistency_weight, self.rampup_epochs = consistency_weight, rampup_epochs
         self.data_mix, self.mix_beta = data_mix, mix_beta
         self.augment = Augment("weak", size=image_size, channels=in_channels, padding_mode=padding_mode,
@@ -133,6 +134,9 @@ class LSDC(Method):
         self.epoch = 0
 
     def on_epoch_start(self, epoch: int, ctx: EpochContext) -> None:
+        if self.knn_k is not None and self.knn_k > ctx.batch_size:
+            raise UserError(f"lsd_c: knn_k {self.knn_k} links each image to its {self.knn_k} nearest in the batch, "
+                            f"but train.batch_size is {ctx.batch_size}: lower knn_k or raise the batch size")
         self.epoch = epoch
         ctx.logs["consistency_weight"] = self.current_consistency_weight()
 

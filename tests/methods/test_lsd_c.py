@@ -109,6 +109,14 @@ def test_continues_the_rotnet_backbone_and_refuses_bad_settings():
             LSDC(k=10, in_channels=1, image_size=8, pretrained=rotnet, **bad)
 
 
+def test_more_knn_neighbours_than_a_batch_holds_is_a_user_error(digits):
+    method = LSDC(k=10, in_channels=1, image_size=8, backbone="mlp", knn_k=20)
+    with pytest.raises(UserError, match="knn_k 20 .* train.batch_size is 16"):
+        method.on_epoch_start(0, EpochContext(0, 1, digits, torch.device("cpu"), batch_size=16))
+    LSDC(k=10, in_channels=1, image_size=8, backbone="mlp", knn_k=20, labelling="cosine").on_epoch_start(
+        0, EpochContext(0, 1, digits, torch.device("cpu"), batch_size=16))  # only kNN labelling counts neighbours
+
+
 def test_mixed_views_share_the_mix_but_not_the_crops():
     n, side = 64, 16
     torch.manual_seed(0)

@@ -19,6 +19,14 @@ def test_principal_components_keep_every_distance_of_data_in_a_subspace():
     assert principal_components(points, 0) is points and principal_components(points, 20) is points
 
 
+def test_principal_components_of_fewer_samples_than_components_keep_every_distance():
+    """A folder of 12 images and SCAN's 50 components (torch's pca_lowrank refuses q > samples)."""
+    points = torch.randn(12, 784, generator=torch.Generator().manual_seed(0))
+    scores = principal_components(points, 50)
+    assert torch.allclose(scores.mean(0), torch.zeros(784), atol=1e-5)
+    assert torch.allclose(torch.cdist(scores, scores), torch.cdist(points, points), atol=1e-4)
+
+
 def test_deskewed_pixel_features_bring_two_slants_of_one_stroke_together():
     """Two slants of the same bar are far apart in raw pixels and close after deskewing, while a
     different shape (a horizontal bar) stays far."""
