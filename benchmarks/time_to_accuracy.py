@@ -12,6 +12,13 @@ epochs are tuned for `--reference-min` minutes on its reference device (written 
 `--budget-min B` scales every stage's epochs by B / reference. `within_budget` says whether the run
 really ended in time on this machine — nothing is cut short to fit.
 
+Budgets longer than one call of a time-limited machine (the lent GPU runs a command for at most 10
+minutes) run as a chain: `--time-limit MIN --run-dir DIR` makes this command stop at the last epoch end
+that fits in MIN minutes, checkpointed, and exit 75; the *same command*, repeated, resumes exactly and
+finally writes the result. A seed's wall time is then the sum of its calls' (each call's start-up, data
+load and compilation counted again: the chain is never faster than one process would be), and
+`chained_calls` says how many calls each seed took.
+
 The curve of test ACC against minutes is an evaluation-only side channel (after each epoch of a
 stage with a cluster head, the test split is predicted); its own time is taken off the clock of the
 curve points and reported as `curve_seconds`, and it is never used for any decision. `--no-curve`
@@ -33,6 +40,8 @@ import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 METRICS = ("ACC", "NMI", "ARI", "ACC_CONFIDENT", "CONFIDENT_FRACTION")
+EXIT_TIME_LIMIT = 75  # as `labelless --time-limit`: stopped, checkpointed; run the same command again
+MIN_CALL_SECONDS = 60.0  # chain mode: a seed is not started with less time than this left
 
 
 def parse_args(argv: list[str] | None, prog: str | None) -> argparse.Namespace:
@@ -50,6 +59,9 @@ def parse_args(argv: list[str] | None, prog: str | None) -> argparse.Namespace:
     p.add_argument("--out", help="result JSON to write")
     p.add_argument("--png", help="curve of test ACC against minutes (default: next to --out)")
     p.add_argument("--no-curve", action="store_true", help="skip the evaluation-only ACC curve")
+    p.add_argument("--time-limit", type=float, metavar="MIN",
+                   help=f"chain mode (needs --run-dir): stop after MIN minutes at an epoch end, checkpointed, exit "
+                        f"{EXIT_TIME_LIMIT}; repeat the same command to continue (budgets longer than one call)")
     p.add_argument("--single-seed", type=int, help=argparse.SUPPRESS)  # internal: one seed, this process
     p.add_argument("--result-file", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -71,6 +83,9 @@ def run_one_seed(args: argparse.Namespace) -> dict:
     from labelless.pipeline import evaluate, train
     from labelless.provenance import device_name
 
+    from labelless.errors import TimeLimitReached
+    from labelless.train import Deadline
+
     seed = args.single_seed
     config = load_config(args.config, [f"seed={seed}", f"device={args.device}", *args.set])
     for stage in config.stages:
@@ -82,13 +97,18 @@ def run_one_seed(args: argparse.Namespace) -> dict:
         store = store.subset(rows.sort().values)
     test = load_dataset(name, split="test", root=root, **config.dataset.options)
     labels = test.labels.numpy()
-    curve: list[dict] = []
-    ends: dict[str, float] = {}  # stage → seconds from START at its last epoch's end, curve time excluded
+    run_dir = Path(args.run_dir or tempfile.mkdtemp(prefix="labelless-tta-")) / f"seed{seed}"
+    chain_path = run_dir / "tta_chain.json"  # chain mode: what the earlier calls of this seed measured
+    chain = (json.loads(chain_path.read_text()) if args.time_limit and chain_path.is_file()
+             else {"calls": [], "curve": [], "ends": {}})
+    before = sum(call["wall_seconds"] - call["curve_seconds"] for call in chain["calls"])  # earlier calls' clock
+    curve: list[dict] = chain["curve"]
+    ends: dict[str, float] = chain["ends"]  # stage → clock seconds at its last epoch's end, curve time excluded
     side = {"seconds": 0.0}
 
     def observe(stage: str, epoch: int, method) -> None:
         now = time.time()
-        ends[stage] = now - START - side["seconds"]
+        ends[stage] = before + now - START - side["seconds"]
         if args.no_curve:
             return
         method.eval()
@@ -101,10 +121,21 @@ def run_one_seed(args: argparse.Namespace) -> dict:
             curve.append({"minutes": round(ends[stage] / 60, 3), "stage": stage, "epoch": epoch, "ACC": round(acc, 4)})
         side["seconds"] += time.time() - now
 
-    run_dir = Path(args.run_dir or tempfile.mkdtemp(prefix="labelless-tta-")) / f"seed{seed}"
-    run = train(config, run_dir, progress=False, store=store, on_epoch_end=observe)
+    deadline = None
+    if args.time_limit:
+        deadline = Deadline.after(args.time_limit * 60 - (time.time() - START))
+    try:
+        run = train(config, run_dir, progress=False, store=store, on_epoch_end=observe,
+                    resume=bool(args.time_limit), deadline=deadline)
+    except TimeLimitReached as stop:
+        chain["calls"].append({"wall_seconds": round(time.time() - START, 1), "curve_seconds": round(side["seconds"], 1),
+                               "stopped": str(stop)})
+        chain_path.write_text(json.dumps(chain) + "\n")
+        return {"seed": seed, "stopped": str(stop)}
     metrics = evaluate(run, test, "test", name)
-    wall = time.time() - START
+    calls = chain["calls"] + [{"wall_seconds": time.time() - START, "curve_seconds": side["seconds"]}]
+    wall = sum(call["wall_seconds"] for call in calls)
+    side["seconds"] = sum(call["curve_seconds"] for call in calls)
     agreement = neighbour_agreement(run_dir, store)
     # per-stage split: the first stage also holds start-up and data loading; "evaluate" is the final scoring
     stage_seconds, previous_end = {}, 0.0
@@ -116,7 +147,7 @@ def run_one_seed(args: argparse.Namespace) -> dict:
             "stage_seconds": {k: round(v, 1) for k, v in stage_seconds.items()},
             "epochs": {s.name: s.train.epochs for s in config.stages}, "train_images": len(store),
             "device": device_name(str(run.device)), "curve": curve, "method": "pipeline:" + "+".join(
-                s.method["name"] for s in config.stages), "dataset": name}
+                s.method["name"] for s in config.stages), "dataset": name, "chained_calls": len(calls)}
 
 
 def neighbour_agreement(run_dir: Path, store) -> float | None:
@@ -138,23 +169,49 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     if args.single_seed is not None:
         result = run_one_seed(args)
         Path(args.result_file).write_text(json.dumps(result) + "\n")
-        return 0
+        return EXIT_TIME_LIMIT if "stopped" in result else 0
+    if args.time_limit and not args.run_dir:
+        print("--time-limit needs --run-dir: the chain's checkpoints must outlive the call", file=sys.stderr)
+        return 2
     from labelless.provenance import stamp
 
     runs = []
     passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
-    passthrough = _without(passthrough, "--seeds", len(args.seeds))
+    passthrough = _without(_without(passthrough, "--seeds", len(args.seeds)), "--time-limit", 1)
+    started_a_seed = False
     for seed in args.seeds:
+        # chain mode keeps each finished seed's result in its run directory; the next call skips it
+        kept = Path(args.run_dir) / f"seed{seed}" / "tta_result.json" if args.time_limit else None
+        if kept is not None and kept.is_file():
+            runs.append(json.loads(kept.read_text()))
+            continue
+        limit = []
+        if args.time_limit:
+            left = args.time_limit * 60 - (time.time() - START)
+            if started_a_seed and left < MIN_CALL_SECONDS:  # the first seed of a call always starts: progress
+                print(f"time limit: seed {seed} not started; run the same command again", file=sys.stderr)
+                return EXIT_TIME_LIMIT
+            limit = ["--time-limit", f"{max(left, 1.0) / 60:.6f}"]
+        started_a_seed = True
         with tempfile.NamedTemporaryFile(suffix=".json") as f:
             started = time.time()
-            done = subprocess.run([sys.executable, str(Path(__file__).resolve()), *passthrough,
+            done = subprocess.run([sys.executable, str(Path(__file__).resolve()), *passthrough, *limit,
                                    "--single-seed", str(seed), "--result-file", f.name])
             spawned_wall = time.time() - started
-            if done.returncode != 0:
+            if done.returncode not in (0, EXIT_TIME_LIMIT):
                 print(f"seed {seed} failed (exit {done.returncode})", file=sys.stderr)
                 return done.returncode
             result = json.loads(Path(f.name).read_text())
-        result["wall_seconds"] = round(max(result["wall_seconds"], spawned_wall), 1)
+        if "stopped" in result:
+            print(f"seed {seed}: {result['stopped']}; run the same command again", file=sys.stderr)
+            return EXIT_TIME_LIMIT
+        if kept is None and spawned_wall > result["wall_seconds"]:  # one process: its spawn is part of the clock,
+            first = next(iter(result["stage_seconds"]))  # and of the first stage's share (start-up, data load)
+            result["stage_seconds"][first] = round(result["stage_seconds"][first] + spawned_wall - result["wall_seconds"], 1)
+            result["wall_seconds"] = spawned_wall
+        else:
+            kept.write_text(json.dumps(result) + "\n")
+        result["wall_seconds"] = round(result["wall_seconds"], 1)
         runs.append(result)
         print(f"seed {seed}: ACC {result['ACC']:.4f}, {result['wall_seconds']:.0f} s "
               f"(curve side channel {result['curve_seconds']:.0f} s)", file=sys.stderr)
@@ -172,9 +229,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         "head_selection": "lowest_loss", "labels_used_in_training": False,
         "device": runs[0]["device"],
         "wall_seconds": round(statistics.mean(r["wall_seconds"] - r["curve_seconds"] for r in runs), 1),
-        "wall_clock": "from process spawn to the final test evaluation, curve side channel excluded",
+        "wall_clock": "from process spawn to the final test evaluation, curve side channel excluded"
+                      + ("; summed over the calls of a chain (--time-limit), each call's start-up counted"
+                         if args.time_limit else ""),
+        **({"chained_calls": {str(r["seed"]): r["chained_calls"] for r in runs}} if args.time_limit else {}),
         "curves": {str(r["seed"]): r["curve"] for r in runs},
-        **stamp(" ".join(["python benchmarks/time_to_accuracy.py", *passthrough, "--seeds", *map(str, args.seeds)])),
+        **stamp(" ".join(["python benchmarks/time_to_accuracy.py", *passthrough, "--seeds", *map(str, args.seeds),
+                          *(["--time-limit", f"{args.time_limit:g}"] if args.time_limit else [])])),
     }
     print(json.dumps({"ACC": out["metrics"].get("ACC"), "ACC_std": out["metrics_std"].get("ACC"),
                       "wall_seconds": out["wall_seconds"], "within_budget": out["within_budget"]}))

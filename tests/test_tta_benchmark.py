@@ -34,10 +34,7 @@ def test_the_parent_hands_each_seed_to_its_own_process(tta):
     assert tta._without(["--config", "c.yaml"], "--seeds", 3) == ["--config", "c.yaml"]
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason=f"real MNIST not found at {DATA} (see ../shared/data/README)")
-def test_a_tiny_budget_run_on_mnist_writes_a_valid_result(tmp_path):
-    """SCAN on 2,000 MNIST train images for a few epochs, scored on the 10k test images: the result
-    file carries the protocol fields, the curve, and an ACC far above chance (0.1)."""
+def tiny_config(tmp_path: Path) -> Path:
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump({
         "name": "tiny-tta", "dataset": {"name": "mnist"},
@@ -47,11 +44,22 @@ def test_a_tiny_budget_run_on_mnist_writes_a_valid_result(tmp_path):
                                                   "entropy_weight": 10.0, "augment": "none", "pixel_space": "deskewed",
                                                   "neighbour_pca": 30},
                     "train": {"epochs": 8, "lr": 1e-3}}]}))
-    out = tmp_path / "tta.json"
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "time_to_accuracy.py"), "--config", str(config),
+    return config
+
+
+def run_tta(config: Path, run_dir: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "time_to_accuracy.py"), "--config", str(config),
                            "--budget-min", "1", "--reference-min", "2", "--device", "cpu", "--subsample", "2000",
-                           "--seeds", "0", "--run-dir", str(tmp_path / "runs"), "--out", str(out)],
+                           "--seeds", "0", "--run-dir", str(run_dir), "--out", str(out), *extra],
                           capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason=f"real MNIST not found at {DATA} (see ../shared/data/README)")
+def test_a_tiny_budget_run_on_mnist_writes_a_valid_result(tmp_path):
+    """SCAN on 2,000 MNIST train images for a few epochs, scored on the 10k test images: the result
+    file carries the protocol fields, the curve, and an ACC far above chance (0.1)."""
+    out = tmp_path / "tta.json"
+    done = run_tta(tiny_config(tmp_path), tmp_path / "runs", out)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(out.read_text())
     assert result["epochs"] == {"cluster": 4} and result["train_images"] == 2000  # 8 epochs × 1/2 budget
@@ -69,3 +77,31 @@ def test_a_tiny_budget_run_on_mnist_writes_a_valid_result(tmp_path):
     if VALIDATOR.is_file():
         check = subprocess.run([sys.executable, str(VALIDATOR), str(out)], capture_output=True, text=True)
         assert check.returncode == 0, check.stdout + check.stderr
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason=f"real MNIST not found at {DATA} (see ../shared/data/README)")
+def test_a_chain_of_time_limited_calls_gives_the_result_of_one_process(tmp_path):
+    """With --time-limit far below one epoch every call trains one epoch and exits 75; the same command,
+    repeated, ends with the metrics and curve epochs of one uninterrupted process, and a wall time summed
+    over its calls."""
+    config = tiny_config(tmp_path)
+    done = run_tta(config, tmp_path / "straight", tmp_path / "straight.json", "--no-curve")
+    assert done.returncode == 0, done.stderr[-2000:]
+    straight = json.loads((tmp_path / "straight.json").read_text())
+    out = tmp_path / "chain.json"
+    codes = []
+    for _ in range(8):
+        done = run_tta(config, tmp_path / "chain", out, "--time-limit", "0.0001")
+        codes.append(done.returncode)
+        if done.returncode != 75:
+            break
+        assert "run the same command again" in done.stderr
+    assert codes == [75, 75, 75, 0], done.stderr[-2000:]  # 4 epochs: the 4th call finishes and evaluates
+    chained = json.loads(out.read_text())
+    assert chained["metrics"] == straight["metrics"]
+    assert chained["chained_calls"] == {"0": 4} and "--time-limit 0.0001" in chained["command"]
+    assert [point["epoch"] for point in chained["curves"]["0"]] == [0, 1, 2, 3]
+    minutes = [point["minutes"] for point in chained["curves"]["0"]]
+    assert minutes == sorted(minutes)
+    seed = chained["per_seed"][0]
+    assert abs(sum(seed["stage_seconds"].values()) - (seed["wall_seconds"] - seed["curve_seconds"])) < 2.0
