@@ -15,7 +15,8 @@ really ended in time on this machine — nothing is cut short to fit.
 Budgets longer than one call of a time-limited machine (the lent GPU runs a command for at most 10
 minutes) run as a chain: `--time-limit MIN --run-dir DIR` makes this command stop at the last epoch end
 that fits in MIN minutes, checkpointed, and exit 75; the *same command*, repeated, resumes exactly and
-finally writes the result. A seed's wall time is then the sum of its calls' (each call's start-up, data
+finally writes the result. A call starts a second seed only when the whole budget is left, so a seed
+that fits one call runs in one process. A seed's wall time is then the sum of its calls' (each call's start-up, data
 load and compilation counted again: the chain is never faster than one process would be), and
 `chained_calls` says how many calls each seed took.
 
@@ -41,7 +42,6 @@ from pathlib import Path  # noqa: E402
 
 METRICS = ("ACC", "NMI", "ARI", "ACC_CONFIDENT", "CONFIDENT_FRACTION")
 EXIT_TIME_LIMIT = 75  # as `labelless --time-limit`: stopped, checkpointed; run the same command again
-MIN_CALL_SECONDS = 60.0  # chain mode: a seed is not started with less time than this left
 
 
 def parse_args(argv: list[str] | None, prog: str | None) -> argparse.Namespace:
@@ -70,6 +70,12 @@ def parse_args(argv: list[str] | None, prog: str | None) -> argparse.Namespace:
 def scaled_epochs(epochs: int, budget_min: float, reference_min: float) -> int:
     """A stage's epochs for `budget_min` when `epochs` fit `reference_min`; at least one."""
     return max(1, round(epochs * budget_min / reference_min))
+
+
+def may_start_seed(started_a_seed: bool, seconds_left: float, budget_seconds: float) -> bool:
+    """Chain mode: the first seed of a call always starts (every call makes progress); a later one only
+    with its whole budget left, so a seed that fits one call is never split over two."""
+    return not started_a_seed or seconds_left >= budget_seconds
 
 
 def run_one_seed(args: argparse.Namespace) -> dict:
@@ -188,7 +194,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         limit = []
         if args.time_limit:
             left = args.time_limit * 60 - (time.time() - START)
-            if started_a_seed and left < MIN_CALL_SECONDS:  # the first seed of a call always starts: progress
+            if not may_start_seed(started_a_seed, left, args.budget_min * 60):
                 print(f"time limit: seed {seed} not started; run the same command again", file=sys.stderr)
                 return EXIT_TIME_LIMIT
             limit = ["--time-limit", f"{max(left, 1.0) / 60:.6f}"]

@@ -34,6 +34,12 @@ def test_the_parent_hands_each_seed_to_its_own_process(tta):
     assert tta._without(["--config", "c.yaml"], "--seeds", 3) == ["--config", "c.yaml"]
 
 
+def test_a_call_of_a_chain_starts_another_seed_only_with_its_whole_budget_left(tta):
+    assert tta.may_start_seed(False, seconds_left=1.0, budget_seconds=600.0)  # the call's first: progress
+    assert not tta.may_start_seed(True, seconds_left=599.0, budget_seconds=600.0)
+    assert tta.may_start_seed(True, seconds_left=600.0, budget_seconds=600.0)
+
+
 def tiny_config(tmp_path: Path) -> Path:
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump({
