@@ -4,7 +4,16 @@
         run --dataset digits --device cpu
 
 Each seed is a separate process (`labelless ... --seed S --json`), so `wall_seconds` is the whole
-job from process start: imports, data, training, evaluation."""
+job from process start: imports, data, training, evaluation.
+
+Schedules longer than one call of a time-limited machine (the lent GPU: 10 minutes a command) run as a
+chain: with `--time-limit MIN --run-root DIR`, seed S trains in DIR/seedS with `--resume --time-limit`,
+this command exits 75 when the time is up (the seed's last epoch checkpointed), and the *same command*,
+repeated, continues; finished seeds are kept in DIR/seeds_chain.json and skipped. A seed's wall time is
+then the sum of its calls' (start-ups counted every call) and `chained_calls` says how many it took.
+
+    python benchmarks/seeds.py --seeds 0 --time-limit 8.5 --run-root /root/runs/lsd_c --out lsd_c.json -- \
+        train --config configs/cifar10/lsd_c.yaml --device cuda"""
 from __future__ import annotations
 
 import argparse
@@ -18,25 +27,56 @@ from pathlib import Path
 from labelless.provenance import stamp
 
 METRICS = ("ACC", "NMI", "ARI", "KNN", "ACC_CONFIDENT", "CONFIDENT_FRACTION", "ACC_VOTE")
+EXIT_TIME_LIMIT = 75  # `labelless --time-limit`: stopped at an epoch end, checkpointed; run it again
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="result JSON to write")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds, one process each")
+    parser.add_argument("--time-limit", type=float, metavar="MIN",
+                        help="chain mode (needs --run-root): stop after MIN minutes, exit 75; repeat the same command")
+    parser.add_argument("--run-root", help="chain mode: seed S trains in RUN_ROOT/seedS (outside the checkout)")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the labelless command and its options")
     args = parser.parse_args(argv)
     command = [c for c in args.command if c != "--"]
-    runs = []
+    if args.time_limit is not None and not args.run_root:
+        print("--time-limit needs --run-root: the chain's checkpoints must outlive the call", file=sys.stderr)
+        return 2
+    started = time.time()
+    state_path = Path(args.run_root) / "seeds_chain.json" if args.run_root else None
+    state = json.loads(state_path.read_text()) if state_path is not None and state_path.is_file() else {}
+    runs, ran_a_seed = [], False
     for seed in args.seeds:
-        argv_seed = [*command, "--seed", str(seed), "--json"]
-        start = time.time()
-        done = subprocess.run([sys.executable, "-m", "labelless", *argv_seed], capture_output=True, text=True)
-        if done.returncode != 0:
-            print(done.stderr, file=sys.stderr)
-            return done.returncode
-        result = json.loads(done.stdout.strip().splitlines()[-1])
-        result["wall_seconds"] = time.time() - start
+        seed_state = state.setdefault(str(seed), {"calls": [], "result": None})
+        if seed_state["result"] is None:
+            extra = []
+            if args.run_root:
+                extra = ["--run-dir", str(Path(args.run_root) / f"seed{seed}"), "--resume"]
+            if args.time_limit is not None:
+                left = args.time_limit * 60 - (time.time() - started)
+                if ran_a_seed and left < 60:  # the first seed a call trains always starts: progress
+                    print(f"time limit: seed {seed} not started; run the same command again", file=sys.stderr)
+                    return EXIT_TIME_LIMIT
+                extra += ["--time-limit", f"{max(left, 1.0) / 60:.6f}"]
+            start, ran_a_seed = time.time(), True
+            done = subprocess.run([sys.executable, "-m", "labelless", *command, "--seed", str(seed), "--json", *extra],
+                                  capture_output=True, text=True)
+            seed_state["calls"].append(round(time.time() - start, 1))
+            if done.returncode == EXIT_TIME_LIMIT and state_path is not None:
+                state_path.parent.mkdir(parents=True, exist_ok=True)
+                state_path.write_text(json.dumps(state, indent=2) + "\n")
+                print(f"seed {seed}: {done.stderr.strip()}", file=sys.stderr)
+                return EXIT_TIME_LIMIT
+            if done.returncode != 0:
+                print(done.stderr, file=sys.stderr)
+                return done.returncode
+            seed_state["result"] = json.loads(done.stdout.strip().splitlines()[-1])
+            if state_path is not None:
+                state_path.parent.mkdir(parents=True, exist_ok=True)
+                state_path.write_text(json.dumps(state, indent=2) + "\n")
+        result = {**seed_state["result"], "wall_seconds": sum(seed_state["calls"]),
+                  "chained_calls": len(seed_state["calls"])}
         runs.append({"seed": seed, **result})
         print(f"seed {seed}: " + ", ".join(f"{k} {result[k]:.4f}" for k in METRICS if k in result)
               + f", {result['wall_seconds']:.1f} s", file=sys.stderr)
@@ -49,13 +89,20 @@ def main(argv: list[str] | None = None) -> int:
         "metrics": {k: statistics.mean(r[k] for r in runs) for k in keys},
         "metrics_std": {k: statistics.pstdev(r[k] for r in runs) for k in keys},
         "per_seed": [{"seed": r["seed"], **{k: r[k] for k in keys}, "wall_seconds": round(r["wall_seconds"], 1),
-                      **({"ACC_PER_HEAD": r["ACC_PER_HEAD"]} if "ACC_PER_HEAD" in r else {})} for r in runs],
+                      **({"ACC_PER_HEAD": r["ACC_PER_HEAD"]} if "ACC_PER_HEAD" in r else {}),
+                      **({"chained_calls": r["chained_calls"]} if args.time_limit is not None else {})}
+                     for r in runs],
         "head_selection": "lowest_loss",
         "labels_used_in_training": first["labels_used_in_training"],
         **({"labelled_fraction": first["labelled_fraction"]} if "labelled_fraction" in first else {}),
         "device": first["device"],
         "wall_seconds": statistics.mean(r["wall_seconds"] for r in runs),
-        **stamp("labelless " + " ".join(command) + " --seed S --json"),
+        **({"wall_clock": "summed over the calls of a chain (--time-limit), each call's start-up counted"}
+           if args.time_limit is not None else {}),
+        **stamp("labelless " + " ".join(command) + " --seed S --json"
+                + (f" --run-dir {args.run_root}/seedS --resume" if args.run_root else "")
+                + (f" --time-limit M (chained: python benchmarks/seeds.py --time-limit {args.time_limit:g})"
+                   if args.time_limit is not None else "")),
     }
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out["metrics"]), file=sys.stderr)
