@@ -164,7 +164,8 @@ def _train_and_evaluate(config, args: argparse.Namespace, k_range: range | None 
     run = train(config, args.run_dir, resume=args.resume, progress=not args.json, store=store,
                 k_range=k_range, deadline=deadline)
     metrics = evaluate(run, eval_store, eval_split, config.dataset.name, train_store=store)
-    write_report(run.run_dir, store=eval_store, split=eval_split, device=str(run.device))
+    if not args.no_report:
+        write_report(run.run_dir, store=eval_store, split=eval_split, device=str(run.device))
     _print(_run_result(run, metrics, config.dataset.name, train_split), args.json)
     return 0
 
@@ -452,6 +453,9 @@ def _add_chain_options(p: argparse.ArgumentParser) -> None:
                    help="stop at the last epoch end that fits in MIN minutes from the command's start, checkpoint, "
                         f"and exit {EXIT_TIME_LIMIT}; the same command with --resume continues (chains of "
                         "time-limited calls; every call trains at least one epoch)")
+    p.add_argument("--no-report", action="store_true",
+                   help="skip RUN_DIR/report.html (its t-SNE takes seconds to minutes); `labelless report RUN_DIR` "
+                        "writes it later")
 
 
 def main(argv: list[str] | None = None) -> int:

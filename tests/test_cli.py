@@ -112,7 +112,7 @@ def test_time_limit_stops_with_exit_75_and_the_same_command_finishes_the_run(cap
              "--set", "device=cpu"]
     code, straight, _ = run_cli(capsys, "train", *short, "--run-dir", str(tmp_path / "straight"))
     assert code == 0
-    chain = ["train", *short, "--run-dir", str(tmp_path / "chain"), "--resume", "--time-limit", "0.0001"]
+    chain = ["train", *short, "--run-dir", str(tmp_path / "chain"), "--resume", "--time-limit", "0.0001", "--no-report"]
     stops = []
     for _ in range(5):
         code, out, err = run_cli(capsys, *chain)
@@ -124,6 +124,7 @@ def test_time_limit_stops_with_exit_75_and_the_same_command_finishes_the_run(cap
     assert stops == ["stage 'cluster' stopped after epoch 1 of 2", "stage 'selflabel' not started"]
     assert json.loads(out)["ACC"] == json.loads(straight)["ACC"]
     assert (tmp_path / "chain" / "predictions.csv").read_text() == (tmp_path / "straight" / "predictions.csv").read_text()
+    assert (tmp_path / "straight" / "report.html").is_file() and not (tmp_path / "chain" / "report.html").exists()
 
 
 def test_a_diverged_training_is_one_line_and_exit_1(capsys, tmp_path):

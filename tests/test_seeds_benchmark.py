@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND = ["train", "--config", str(ROOT / "configs" / "digits" / "default.yaml"), "--set", "stages.0.train.epochs=1",
-           "--set", "stages.1.train.epochs=1", "--device", "cpu"]
+           "--set", "stages.1.train.epochs=1", "--device", "cpu", "--no-report"]
 
 
 def seeds(*options: str) -> subprocess.CompletedProcess:
