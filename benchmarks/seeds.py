@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.time_limit is not None:
                 left = args.time_limit * 60 - (time.time() - started)
                 if ran_a_seed and left < 60:  # the first seed a call trains always starts: progress
-                    print(f"time limit: seed {seed} not started; run the same command again", file=sys.stderr)
+                    print(f"time limit: seed {seed} not started; run this same seeds.py command again", file=sys.stderr)
                     return EXIT_TIME_LIMIT
                 extra += ["--time-limit", f"{max(left, 1.0) / 60:.6f}"]
             start, ran_a_seed = time.time(), True
@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             if done.returncode == EXIT_TIME_LIMIT and state_path is not None:
                 state_path.parent.mkdir(parents=True, exist_ok=True)
                 state_path.write_text(json.dumps(state, indent=2) + "\n")
-                print(f"seed {seed}: {done.stderr.strip()}", file=sys.stderr)
+                stopped = done.stderr.strip().splitlines()[-1].split("; run the same command")[0]
+                print(f"seed {seed}: {stopped}; run this same seeds.py command again", file=sys.stderr)
                 return EXIT_TIME_LIMIT
             if done.returncode != 0:
                 print(done.stderr, file=sys.stderr)
