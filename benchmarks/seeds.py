@@ -24,10 +24,10 @@ import sys
 import time
 from pathlib import Path
 
+from labelless.errors import EXIT_TIME_LIMIT
 from labelless.provenance import stamp
 
 METRICS = ("ACC", "NMI", "ARI", "KNN", "ACC_CONFIDENT", "CONFIDENT_FRACTION", "ACC_VOTE")
-EXIT_TIME_LIMIT = 75  # `labelless --time-limit`: stopped at an epoch end, checkpointed; run it again
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,8 +40,9 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from labelless.errors import EXIT_TIME_LIMIT  # noqa: E402  (light: `import labelless` loads no torch)
+
 METRICS = ("ACC", "NMI", "ARI", "ACC_CONFIDENT", "CONFIDENT_FRACTION")
-EXIT_TIME_LIMIT = 75  # as `labelless --time-limit`: stopped, checkpointed; run the same command again
 
 
 def parse_args(argv: list[str] | None, prog: str | None) -> argparse.Namespace:

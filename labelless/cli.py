@@ -9,12 +9,11 @@ import sys
 import time
 from pathlib import Path
 
-from labelless.errors import TimeLimitReached, TrainingDiverged, UserError
+from labelless.errors import EXIT_TIME_LIMIT, TimeLimitReached, TrainingDiverged, UserError
 from labelless.provenance import device_name
 
 START = time.time()
 STARTED = time.monotonic()  # `--time-limit` counts from here: the command's start (imports are before it)
-EXIT_TIME_LIMIT = 75  # EX_TEMPFAIL: stopped at --time-limit, checkpointed; rerun with --resume
 
 DATASET_HELP = ("dataset name: cifar10, mnist, digits (bundled, no download), cifar100, cifar20, stl10, svhn, "
                 "or folder:PATH for your own images")

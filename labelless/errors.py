@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+EXIT_TIME_LIMIT = 75  # EX_TEMPFAIL: stopped at `--time-limit`, checkpointed; the same command continues
+
 
 class UserError(Exception):
     """Bad input (unknown name, missing data, impossible option). The message is the whole story."""
