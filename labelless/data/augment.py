@@ -52,10 +52,17 @@ _CHROMA_TURN = tuple(map(tuple, (
 ).tolist()))
 
 
-@functools.lru_cache(maxsize=64)
 def _constant(values: tuple, device: torch.device, dtype: torch.dtype) -> Tensor:
     """A small constant tensor, copied to `device` once: building it per call would be a host→device
-    copy, which makes the CUDA stream wait."""
+    copy, which makes the CUDA stream wait. Under torch.compile it is built in the graph instead (the
+    compiler bakes constants in, and it warns about tracing through a cache)."""
+    if torch.compiler.is_compiling():
+        return torch.tensor(values, dtype=dtype, device=device)
+    return _cached_constant(values, device, dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_constant(values: tuple, device: torch.device, dtype: torch.dtype) -> Tensor:
     return torch.tensor(values, dtype=dtype, device=device)
 
 

@@ -61,14 +61,15 @@ def confident_self_label_loss(weak_logits: Tensor, strong_logits: Tensor, thresh
     probs = F.softmax(weak_logits.detach().float(), dim=1)
     confidence, targets = probs.max(1)
     mask = confidence > threshold
-    if not bool(mask.any()):
-        return strong_logits.sum() * 0.0, mask
-    k = weak_logits.shape[1]
-    weight = None
-    if balance:
-        # cross_entropy divides by the summed weights of the targets, so 1/count is enough
-        weight = 1.0 / torch.bincount(targets[mask], minlength=k).float().clamp_min(1)
-    return F.cross_entropy(strong_logits[mask].float(), targets[mask], weight=weight), mask
+    # Written without boolean indexing or `if mask.any()`: shapes stay static and nothing waits for the
+    # device, so a compiled step is one graph. Σ_confident w_t·CE / Σ_confident w_t is what
+    # F.cross_entropy(logits[mask], targets[mask], weight=w) computes; no confident sample gives 0.
+    sample_weight = mask.float()
+    if balance:  # each class weighted by 1 / its count among the confident samples
+        counts = (F.one_hot(targets, weak_logits.shape[1]).float() * sample_weight[:, None]).sum(0)
+        sample_weight = sample_weight / counts.clamp_min(1)[targets]
+    per_sample = F.cross_entropy(strong_logits.float(), targets, reduction="none")
+    return (sample_weight * per_sample).sum() / sample_weight.sum().clamp_min(1e-12), mask
 
 
 def uniform_entropy(k: int) -> float:

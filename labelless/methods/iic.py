@@ -39,7 +39,7 @@ class IIC(MultiHeadClustering):
         head_losses = torch.stack([iic_loss(logits[:n].float().softmax(1), logits[n:].float().softmax(1))
                                    for logits in self.heads(features)])
         self.selector.record(head_losses)
-        loss, logs = head_losses.mean(), {"mi": -head_losses[self.selector.chosen].detach()}
+        loss, logs = head_losses.mean(), {"mi": -self.selector.pick(head_losses.detach())}
         if self.overcluster is not None:
             over = torch.stack([iic_loss(logits[:n].float().softmax(1), logits[n:].float().softmax(1))
                                 for logits in self.overcluster(features)]).mean()

@@ -94,8 +94,8 @@ class SCAN(MultiHeadClustering):
         parts = [scan_loss(head[:n], head[n:], self.entropy_weight) for head in logits]
         head_losses = torch.stack([total for total, _, _ in parts])
         self.selector.record(head_losses)
-        best = self.selector.chosen
-        return head_losses.sum(), {"consistency": parts[best][1].detach(), "entropy": parts[best][2].detach()}
+        consistency, entropy = (self.selector.pick(torch.stack([part[i] for part in parts]).detach()) for i in (1, 2))
+        return head_losses.sum(), {"consistency": consistency, "entropy": entropy}
 
     def parameter_groups(self) -> list[dict]:
         return [{"params": list(self.backbone.parameters()), "lr_scale": self.backbone_lr_scale},

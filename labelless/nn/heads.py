@@ -43,11 +43,21 @@ class HeadSelector(nn.Module):
 
     @property
     def mean_losses(self) -> Tensor:
-        return self.loss_sum / self.steps if int(self.steps) > 0 else self.last_mean
+        # torch.where rather than `if int(self.steps)`: no device sync, no graph break under torch.compile
+        return torch.where(self.steps > 0, self.loss_sum / self.steps.clamp_min(1), self.last_mean)
+
+    def best(self) -> Tensor:
+        """The chosen head's index as a 0-d tensor: what a compiled training step may index with
+        (`chosen`'s int() would synchronise and break the graph every step)."""
+        return self.mean_losses.argmin()
+
+    def pick(self, per_head: Tensor) -> Tensor:
+        """`per_head[chosen]` for a tensor with one entry per head, without leaving the graph."""
+        return per_head.index_select(0, self.best().reshape(1)).squeeze(0)
 
     @property
     def chosen(self) -> int:
-        return int(self.mean_losses.argmin())
+        return int(self.best())
 
 
 HEAD_NORMS = ("feature_rows", "prototypes")

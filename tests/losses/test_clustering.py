@@ -56,6 +56,18 @@ def test_confident_self_label_loss_uses_only_confident_samples_and_balances():
     assert none.item() == 0.0 and not mask.any()
 
 
+@pytest.mark.parametrize("balance", [True, False])
+def test_confident_self_label_loss_equals_masked_weighted_cross_entropy(balance):
+    """The mask-free form (static shapes, for torch.compile) is the masked, class-weighted mean."""
+    g = torch.Generator().manual_seed(0)
+    weak, strong = torch.randn(64, 5, generator=g) * 4, torch.randn(64, 5, generator=g)
+    loss, mask = confident_self_label_loss(weak, strong, threshold=0.9, balance=balance)
+    targets = weak.argmax(1)[mask]
+    weight = 1.0 / torch.bincount(targets, minlength=5).float().clamp_min(1) if balance else None
+    assert 0 < int(mask.sum()) < 64
+    assert loss.item() == pytest.approx(F.cross_entropy(strong[mask], targets, weight=weight).item(), rel=1e-5)
+
+
 def test_nt_xent_is_lower_for_matching_views():
     torch.manual_seed(0)
     z = F.normalize(torch.randn(16, 8), dim=1)
