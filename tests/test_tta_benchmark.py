@@ -40,6 +40,16 @@ def test_a_call_of_a_chain_starts_another_seed_only_with_its_whole_budget_left(t
     assert tta.may_start_seed(True, seconds_left=600.0, budget_seconds=600.0)
 
 
+def test_every_seed_compiles_with_empty_caches_unless_asked_to_share_them(tta, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/users/inductor-cache")
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    cold = tta.seed_environment(tta.parse_args(["--config", "c.yaml"], None), str(tmp_path))
+    assert cold["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "inductor")
+    assert cold["TRITON_CACHE_DIR"] == str(tmp_path / "triton")
+    warm = tta.seed_environment(tta.parse_args(["--config", "c.yaml", "--warm-compile-cache"], None), str(tmp_path))
+    assert warm["TORCHINDUCTOR_CACHE_DIR"] == "/users/inductor-cache" and "TRITON_CACHE_DIR" not in warm
+
+
 def tiny_config(tmp_path: Path) -> Path:
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump({
@@ -70,6 +80,7 @@ def test_a_tiny_budget_run_on_mnist_writes_a_valid_result(tmp_path):
     result = json.loads(out.read_text())
     assert result["epochs"] == {"cluster": 4} and result["train_images"] == 2000  # 8 epochs × 1/2 budget
     assert result["split"] == "test" and result["labels_used_in_training"] is False
+    assert result["compile_cache"].startswith("cold")
     assert result["metrics"]["ACC"] > 0.4
     curve = result["curves"]["0"]
     assert [point["epoch"] for point in curve] == [0, 1, 2, 3]
