@@ -22,7 +22,8 @@ load and compilation counted again: the chain is never faster than one process w
 
 Compilation is paid cold by every seed: each seed's process gets fresh, empty TorchInductor and
 Triton caches (on the H100, compiling the SimCLR step took ~110 s of a 10-minute budget), so seeds 1
-and 2 are not faster than seed 0 for having run on the same machine. `--warm-compile-cache` keeps
+and 2 are not faster than seed 0 for having run on the same machine. In a chain, a seed's caches
+are emptied at its first call and kept for its later calls, as one process would keep them. `--warm-compile-cache` keeps
 the user's caches instead, and the result says which (`compile_cache`).
 
 The curve of test ACC against minutes is an evaluation-only side channel (after each epoch of a
@@ -175,6 +176,21 @@ def seed_environment(args: argparse.Namespace, caches: str) -> dict[str, str]:
     return env
 
 
+def chain_compile_cache(run_dir: str, seed: int, first_call: bool) -> Path:
+    """In chain mode, a seed's compile caches outlive its calls, as they would live through one
+    process: emptied at the seed's first call, reused by its later ones (which still pay start-up and
+    cache loading). Kept beside, not inside, the run directory, so `carry.py` does not pack them."""
+    import hashlib
+    import shutil
+
+    key = hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:12]
+    path = Path(tempfile.gettempdir()) / "labelless-tta-compile" / key / f"seed{seed}"
+    if first_call:
+        shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def neighbour_agreement(run_dir: Path, store) -> float | None:
     """Share of mined neighbour pairs whose labels agree (SCAN's artefact; evaluation only, after the
     clock stopped); None when the run mined no neighbours or the store has no labels."""
@@ -218,7 +234,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                 return EXIT_TIME_LIMIT
             limit = ["--time-limit", f"{max(left, 1.0) / 60:.6f}"]
         started_a_seed = True
-        with tempfile.NamedTemporaryFile(suffix=".json") as f, tempfile.TemporaryDirectory() as caches:
+        with tempfile.NamedTemporaryFile(suffix=".json") as f, tempfile.TemporaryDirectory() as fresh:
+            caches = (chain_compile_cache(args.run_dir, seed, not (Path(args.run_dir) / f"seed{seed}" / "tta_chain.json").is_file())
+                      if args.time_limit else fresh)
             started = time.time()
             done = subprocess.run([sys.executable, str(Path(__file__).resolve()), *passthrough, *limit,
                                    "--single-seed", str(seed), "--result-file", f.name], env=seed_environment(args, caches))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +49,16 @@ def test_every_seed_compiles_with_empty_caches_unless_asked_to_share_them(tta, t
     assert cold["TRITON_CACHE_DIR"] == str(tmp_path / "triton")
     warm = tta.seed_environment(tta.parse_args(["--config", "c.yaml", "--warm-compile-cache"], None), str(tmp_path))
     assert warm["TORCHINDUCTOR_CACHE_DIR"] == "/users/inductor-cache" and "TRITON_CACHE_DIR" not in warm
+
+
+def test_a_chained_seed_keeps_its_compile_cache_across_calls_but_not_across_chains(tta, tmp_path):
+    first = tta.chain_compile_cache(str(tmp_path / "runs"), 0, first_call=True)
+    (first / "compiled").write_text("x")
+    assert (tta.chain_compile_cache(str(tmp_path / "runs"), 0, first_call=False) / "compiled").is_file()
+    assert tta.chain_compile_cache(str(tmp_path / "runs"), 1, first_call=False) != first  # per seed
+    assert not (tta.chain_compile_cache(str(tmp_path / "runs"), 0, first_call=True) / "compiled").exists()
+    assert tmp_path not in first.parents  # beside the run directory: carry.py does not pack it
+    shutil.rmtree(first.parent)
 
 
 def tiny_config(tmp_path: Path) -> Path:
