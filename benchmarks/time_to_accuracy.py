@@ -23,8 +23,8 @@ load and compilation counted again: the chain is never faster than one process w
 Compilation is paid cold by every seed: each seed's process gets fresh, empty TorchInductor and
 Triton caches (on the H100, compiling the SimCLR step took ~110 s of a 10-minute budget), so seeds 1
 and 2 are not faster than seed 0 for having run on the same machine. In a chain, a seed's caches
-are emptied at its first call and kept for its later calls, as one process would keep them. `--warm-compile-cache` keeps
-the user's caches instead, and the result says which (`compile_cache`).
+are emptied at its first call and kept for its later calls, as one process would keep them.
+`--warm-compile-cache` keeps the user's caches instead, and the result says which (`compile_cache`).
 
 The curve of test ACC against minutes is an evaluation-only side channel (after each epoch of a
 stage with a cluster head, the test split is predicted); its own time is taken off the clock of the
@@ -277,7 +277,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                          if args.time_limit else ""),
         **({"chained_calls": {str(r["seed"]): r["chained_calls"] for r in runs}} if args.time_limit else {}),
         "compile_cache": ("warm: the seeds shared torch.compile's on-disk caches" if args.warm_compile_cache
-                          else "cold: fresh TorchInductor and Triton caches for every seed process"),
+                          else "cold: fresh TorchInductor and Triton caches for every seed"
+                          + (" (kept across a chained seed's calls)" if args.time_limit else "")),
         "curves": {str(r["seed"]): r["curve"] for r in runs},
         **stamp(" ".join(["python benchmarks/time_to_accuracy.py", *passthrough, "--seeds", *map(str, args.seeds),
                           *(["--time-limit", f"{args.time_limit:g}"] if args.time_limit else [])])),
