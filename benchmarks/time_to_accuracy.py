@@ -9,8 +9,9 @@ wall time holds everything: interpreter start, imports, data load, neighbour min
 training and the final evaluation. The pipeline trains on the train split and is scored on the test
 split; no label reaches training or model selection (heads are chosen by loss). A fast config's
 epochs are tuned for `--reference-min` minutes on its reference device (written in the config);
-`--budget-min B` scales every stage's epochs by B / reference. `within_budget` says whether the run
-really ended in time on this machine — nothing is cut short to fit.
+`--budget-min B` scales every stage's epochs by B / reference, or by (B − F) / (reference − F) with
+`--fixed-min F`, the minutes that do not grow with epochs (compilation, start-up). `within_budget`
+says whether the run really ended in time on this machine — nothing is cut short to fit.
 
 Budgets longer than one call of a time-limited machine (the lent GPU runs a command for at most 10
 minutes) run as a chain: `--time-limit MIN --run-dir DIR` makes this command stop at the last epoch end
@@ -58,6 +59,9 @@ def parse_args(argv: list[str] | None, prog: str | None) -> argparse.Namespace:
     p.add_argument("--budget-min", type=float, default=10.0, help="wall-clock budget in minutes (default 10)")
     p.add_argument("--reference-min", type=float, default=10.0,
                    help="the budget the config's epochs are tuned for (default 10)")
+    p.add_argument("--fixed-min", type=float, default=0.0,
+                   help="minutes of a run that do not grow with epochs (start-up, compilation, mining); epochs "
+                        "scale by (budget − fixed) / (reference − fixed) instead of budget / reference (default 0)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds, one process each")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--data-root", help="dataset directory (default: $LABELLESS_DATA, else ../shared/data)")
@@ -74,12 +78,16 @@ def parse_args(argv: list[str] | None, prog: str | None) -> argparse.Namespace:
                    help="let seeds reuse torch.compile's on-disk caches (default: every seed compiles cold)")
     p.add_argument("--single-seed", type=int, help=argparse.SUPPRESS)  # internal: one seed, this process
     p.add_argument("--result-file", help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not 0 <= args.fixed_min < min(args.budget_min, args.reference_min):
+        p.error(f"--fixed-min must be at least 0 and below both --budget-min and --reference-min, got {args.fixed_min:g}")
+    return args
 
 
-def scaled_epochs(epochs: int, budget_min: float, reference_min: float) -> int:
-    """A stage's epochs for `budget_min` when `epochs` fit `reference_min`; at least one."""
-    return max(1, round(epochs * budget_min / reference_min))
+def scaled_epochs(epochs: int, budget_min: float, reference_min: float, fixed_min: float = 0.0) -> int:
+    """A stage's epochs for `budget_min` when `epochs` fit `reference_min`, of which `fixed_min` minutes
+    do not grow with epochs (start-up, data load, compilation, mining, evaluation); at least one."""
+    return max(1, round(epochs * (budget_min - fixed_min) / (reference_min - fixed_min)))
 
 
 def may_start_seed(started_a_seed: bool, seconds_left: float, budget_seconds: float) -> bool:
@@ -105,7 +113,7 @@ def run_one_seed(args: argparse.Namespace) -> dict:
     seed = args.single_seed
     config = load_config(args.config, [f"seed={seed}", f"device={args.device}", *args.set])
     for stage in config.stages:
-        stage.train.epochs = scaled_epochs(stage.train.epochs, args.budget_min, args.reference_min)
+        stage.train.epochs = scaled_epochs(stage.train.epochs, args.budget_min, args.reference_min, args.fixed_min)
     root, name = config.dataset.root if args.data_root is None else args.data_root, config.dataset.name
     store = load_dataset(name, split="train", root=root, **config.dataset.options)
     if args.subsample and args.subsample < len(store):
@@ -263,6 +271,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     out = {
         "method": runs[0]["method"], "dataset": runs[0]["dataset"], "split": "test", "train_split": "train",
         "config": args.config, "budget_minutes": args.budget_min, "reference_minutes": args.reference_min,
+        "fixed_minutes": args.fixed_min,
         "epochs": runs[0]["epochs"], "train_images": runs[0]["train_images"], "seeds": args.seeds,
         "metrics": {k: round(statistics.mean(r[k] for r in runs), 4) for k in keys},
         "metrics_std": {k: round(statistics.pstdev(r[k] for r in runs), 4) for k in keys},

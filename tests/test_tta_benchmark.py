@@ -27,6 +27,17 @@ def test_epochs_scale_with_the_budget_and_never_reach_zero(tta):
     assert tta.scaled_epochs(150, 30, 10) == 450
     assert tta.scaled_epochs(25, 5, 10) == 12  # round half to even: 12.5 → 12
     assert tta.scaled_epochs(3, 1, 10) == 1
+    # 2 of the reference's 10 minutes are fixed: 8 minutes of epochs become 28 in a 30-minute budget
+    assert tta.scaled_epochs(160, 30, 10, fixed_min=2) == 560
+    assert tta.scaled_epochs(160, 10, 10, fixed_min=2) == 160
+
+
+def test_fixed_minutes_must_leave_time_for_epochs(tta, capsys):
+    assert tta.parse_args(["--config", "c.yaml", "--fixed-min", "2.5"], None).fixed_min == 2.5
+    for bad in (["--fixed-min", "10"], ["--fixed-min", "-1"], ["--budget-min", "2", "--fixed-min", "3"]):
+        with pytest.raises(SystemExit) as stop:
+            tta.parse_args(["--config", "c.yaml", *bad], None)
+        assert stop.value.code == 2 and "--fixed-min must be" in capsys.readouterr().err
 
 
 def test_the_parent_hands_each_seed_to_its_own_process(tta):
