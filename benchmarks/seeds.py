@@ -30,6 +30,12 @@ from labelless.provenance import stamp
 METRICS = ("ACC", "NMI", "ARI", "KNN", "ACC_CONFIDENT", "CONFIDENT_FRACTION", "ACC_VOTE")
 
 
+def _save_state(path: Path, state: dict) -> None:
+    """The chain's record of each seed's calls and finished results (read back by the next call)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(state, indent=2) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="result JSON to write")
@@ -64,8 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                                   capture_output=True, text=True)
             seed_state["calls"].append(round(time.time() - start, 1))
             if done.returncode == EXIT_TIME_LIMIT and state_path is not None:
-                state_path.parent.mkdir(parents=True, exist_ok=True)
-                state_path.write_text(json.dumps(state, indent=2) + "\n")
+                _save_state(state_path, state)
                 stopped = done.stderr.strip().splitlines()[-1].split("; run the same command")[0]
                 print(f"seed {seed}: {stopped}; run this same seeds.py command again", file=sys.stderr)
                 return EXIT_TIME_LIMIT
@@ -74,8 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                 return done.returncode
             seed_state["result"] = json.loads(done.stdout.strip().splitlines()[-1])
             if state_path is not None:
-                state_path.parent.mkdir(parents=True, exist_ok=True)
-                state_path.write_text(json.dumps(state, indent=2) + "\n")
+                _save_state(state_path, state)
         result = {**seed_state["result"], "wall_seconds": sum(seed_state["calls"]),
                   "chained_calls": len(seed_state["calls"])}
         runs.append({"seed": seed, **result})

@@ -230,7 +230,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     started_a_seed = False
     for seed in args.seeds:
         # chain mode keeps each finished seed's result in its run directory; the next call skips it
-        kept = Path(args.run_dir) / f"seed{seed}" / "tta_result.json" if args.time_limit else None
+        seed_dir = Path(args.run_dir) / f"seed{seed}" if args.time_limit else None
+        kept = seed_dir / "tta_result.json" if seed_dir is not None else None
         if kept is not None and kept.is_file():
             runs.append(json.loads(kept.read_text()))
             continue
@@ -243,8 +244,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             limit = ["--time-limit", f"{max(left, 1.0) / 60:.6f}"]
         started_a_seed = True
         with tempfile.NamedTemporaryFile(suffix=".json") as f, tempfile.TemporaryDirectory() as fresh:
-            caches = (chain_compile_cache(args.run_dir, seed, not (Path(args.run_dir) / f"seed{seed}" / "tta_chain.json").is_file())
-                      if args.time_limit else fresh)
+            caches = (chain_compile_cache(args.run_dir, seed, not (seed_dir / "tta_chain.json").is_file())
+                      if seed_dir is not None else fresh)
             started = time.time()
             done = subprocess.run([sys.executable, str(Path(__file__).resolve()), *passthrough, *limit,
                                    "--single-seed", str(seed), "--result-file", f.name], env=seed_environment(args, caches))

@@ -94,7 +94,7 @@ class SCAN(MultiHeadClustering):
         parts = [scan_loss(head[:n], head[n:], self.entropy_weight) for head in logits]
         head_losses = torch.stack([total for total, _, _ in parts])
         self.selector.record(head_losses)
-        consistency, entropy = (self.selector.pick(torch.stack([part[i] for part in parts]).detach()) for i in (1, 2))
+        consistency, entropy = self.selector.pick(torch.stack([torch.stack(part[1:]) for part in parts]).detach())
         return head_losses.sum(), {"consistency": consistency, "entropy": entropy}
 
     def parameter_groups(self) -> list[dict]:
