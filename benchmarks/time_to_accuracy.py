@@ -27,6 +27,10 @@ and 2 are not faster than seed 0 for having run on the same machine. In a chain,
 are emptied at its first call and kept for its later calls, as one process would keep them.
 `--warm-compile-cache` keeps the user's caches instead, and the result says which (`compile_cache`).
 
+Tuning (`--tune`): train on the `fit` split and score on `holdout` (a fixed 10 % of train that the
+run never sees; `labelless.data.sources`), so that a recipe is chosen without the test split; the
+result says `"split": "holdout", "train_split": "fit"`. Report the chosen recipe without `--tune`.
+
 The curve of test ACC against minutes is an evaluation-only side channel (after each epoch of a
 stage with a cluster head, the test split is predicted); its own time is taken off the clock of the
 curve points and reported as `curve_seconds`, and it is never used for any decision. `--no-curve`
@@ -66,6 +70,9 @@ def parse_args(argv: list[str] | None, prog: str | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--data-root", help="dataset directory (default: $LABELLESS_DATA, else ../shared/data)")
     p.add_argument("--subsample", type=int, help="train on a random N of the train images (smoke runs)")
+    p.add_argument("--tune", action="store_true",
+                   help="train on the 'fit' split, score on 'holdout' (10%% of train): for choosing a recipe "
+                        "without the test split")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     p.add_argument("--run-dir", help="where the runs go (default: a temporary directory)")
     p.add_argument("--out", help="result JSON to write")
@@ -88,6 +95,11 @@ def scaled_epochs(epochs: int, budget_min: float, reference_min: float, fixed_mi
     """A stage's epochs for `budget_min` when `epochs` fit `reference_min`, of which `fixed_min` minutes
     do not grow with epochs (start-up, data load, compilation, mining, evaluation); at least one."""
     return max(1, round(epochs * (budget_min - fixed_min) / (reference_min - fixed_min)))
+
+
+def splits(args: argparse.Namespace) -> tuple[str, str]:
+    """(what training sees, what is scored): train → test, or fit → holdout under `--tune`."""
+    return ("fit", "holdout") if args.tune else ("train", "test")
 
 
 def may_start_seed(started_a_seed: bool, seconds_left: float, budget_seconds: float) -> bool:
@@ -115,12 +127,13 @@ def run_one_seed(args: argparse.Namespace) -> dict:
     for stage in config.stages:
         stage.train.epochs = scaled_epochs(stage.train.epochs, args.budget_min, args.reference_min, args.fixed_min)
     root, name = config.dataset.root if args.data_root is None else args.data_root, config.dataset.name
-    store = load_dataset(name, split="train", root=root, **config.dataset.options)
+    train_split, scored_split = splits(args)
+    store = load_dataset(name, split=train_split, root=root, **config.dataset.options)
     if args.subsample and args.subsample < len(store):
         rows = torch.randperm(len(store), generator=torch.Generator().manual_seed(seed))[: args.subsample]
         store = store.subset(rows.sort().values)
-    test = load_dataset(name, split="test", root=root, **config.dataset.options)
-    labels = test.labels.numpy()
+    scored = load_dataset(name, split=scored_split, root=root, **config.dataset.options)
+    labels = scored.labels.numpy()
     run_dir = Path(args.run_dir or tempfile.mkdtemp(prefix="labelless-tta-")) / f"seed{seed}"
     chain_path = run_dir / "tta_chain.json"  # chain mode: what the earlier calls of this seed measured
     chain = (json.loads(chain_path.read_text()) if args.time_limit and chain_path.is_file()
@@ -138,7 +151,7 @@ def run_one_seed(args: argparse.Namespace) -> dict:
         method.eval()
         device = next(method.parameters()).device
         with torch.no_grad():
-            chunks = [method.cluster_logits(to_float(chunk.to(device))) for chunk in test.images.split(1024)]
+            chunks = [method.cluster_logits(to_float(chunk.to(device))) for chunk in scored.images.split(1024)]
         if chunks[0] is not None:
             predictions = torch.cat([logits.argmax(1).cpu() for logits in chunks]).numpy()
             acc = cluster_metrics(labels, predictions)["ACC"]
@@ -156,7 +169,7 @@ def run_one_seed(args: argparse.Namespace) -> dict:
                                "stopped": str(stop)})
         chain_path.write_text(json.dumps(chain) + "\n")
         return {"seed": seed, "stopped": str(stop)}
-    metrics = evaluate(run, test, "test", name)
+    metrics = evaluate(run, scored, scored_split, name)
     calls = chain["calls"] + [{"wall_seconds": time.time() - START, "curve_seconds": side["seconds"]}]
     wall = sum(call["wall_seconds"] for call in calls)
     side["seconds"] = sum(call["curve_seconds"] for call in calls)
@@ -270,7 +283,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     keys = [k for k in METRICS if all(k in r for r in runs)]
     budget_s = args.budget_min * 60
     out = {
-        "method": runs[0]["method"], "dataset": runs[0]["dataset"], "split": "test", "train_split": "train",
+        "method": runs[0]["method"], "dataset": runs[0]["dataset"], "split": splits(args)[1], "train_split": splits(args)[0],
         "config": args.config, "budget_minutes": args.budget_min, "reference_minutes": args.reference_min,
         "fixed_minutes": args.fixed_min,
         "epochs": runs[0]["epochs"], "train_images": runs[0]["train_images"], "seeds": args.seeds,
@@ -282,7 +295,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         "head_selection": "lowest_loss", "labels_used_in_training": False,
         "device": runs[0]["device"],
         "wall_seconds": round(statistics.mean(r["wall_seconds"] - r["curve_seconds"] for r in runs), 1),
-        "wall_clock": "from process spawn to the final test evaluation, curve side channel excluded"
+        "wall_clock": f"from process spawn to the final {splits(args)[1]} evaluation, curve side channel excluded"
                       + ("; summed over the calls of a chain (--time-limit), each call's start-up counted"
                          if args.time_limit else ""),
         **({"chained_calls": {str(r["seed"]): r["chained_calls"] for r in runs}} if args.time_limit else {}),
@@ -323,7 +336,7 @@ def plot_curves(result: dict, path: str) -> None:
         ax.plot([p["minutes"] for p in curve], [p["ACC"] for p in curve], marker=".", label=f"seed {seed}")
     ax.axvline(result["budget_minutes"], color="grey", linestyle="--", linewidth=1, label="budget")
     ax.set_xlabel("minutes from process start")
-    ax.set_ylabel("test ACC (evaluation only)")
+    ax.set_ylabel(f"{result['split']} ACC (evaluation only)")
     ax.set_title(f"{result['dataset']} — {result['method']} on {result['device']}", fontsize=8)
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)

@@ -152,6 +152,9 @@ def _train_and_evaluate(config, args: argparse.Namespace, k_range: range | None 
     # loaded before training, so that a split that does not exist fails in a second, not after the run
     eval_store = store if eval_split == train_split else load_dataset(config.dataset.name, split=eval_split,
                                                                       root=config.dataset.root)
+    if eval_split == "holdout" and train_split != "fit":
+        print(f"warning: scored on 'holdout' after training on '{train_split}', which contains it; tune with "
+              f"--set dataset.split=fit", file=sys.stderr)
     if config.labelled_fraction is not None and eval_split == train_split:
         print(f"warning: weakly-supervised run scored on the split it trains on ('{eval_split}'): the "
               f"labelled images are part of the score", file=sys.stderr)

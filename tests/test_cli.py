@@ -57,7 +57,7 @@ def test_baseline_kmeans_on_digits(capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["run", "--dataset", "nosuch"], "unknown dataset 'nosuch'"),
-    (["run", "--dataset", "digits", "--split", "test"], "single split"),
+    (["run", "--dataset", "digits", "--split", "test"], "has the split 'all'"),
     (["run", "--dataset", "digits", "--k", "5000"], "not smaller than the number of images"),
     (["run", "--dataset", "digits", "--set", "stages.0.train.lrr=1"], "unknown config key"),
     (["run", "--dataset", "digits", "--set", "stages.0.method.name=nosuch"], "unknown method 'nosuch'"),
@@ -224,3 +224,23 @@ def test_weak_mode_scored_on_its_training_split_says_so(capsys, tmp_path):
     assert code == 0 and "labelled images are part of the score" in err
     result = json.loads(out)
     assert result["labels_used_in_training"] is True and result["labelled_fraction"] == 0.1
+
+
+def test_tuning_trains_on_fit_and_scores_the_unseen_holdout(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "run", "--dataset", "digits", "--device", "cpu", "--run-dir", str(tmp_path),
+                             "--split", "holdout", "--set", "dataset.split=fit", "--json",
+                             "--set", "stages.0.train.epochs=1", "--set", "stages.1.train.epochs=1")
+    assert code == 0 and "warning" not in err
+    result = json.loads(out)
+    assert (result["n"], result["split"], result["train_split"]) == (180, "holdout", "fit")
+    assert len((tmp_path / "predictions.csv").read_text().splitlines()) == 1 + 180
+    # the predictions score the same through `evaluate` on the same split
+    code, out, _ = run_cli(capsys, "evaluate", str(tmp_path), "--dataset", "digits", "--split", "holdout", "--json")
+    assert code == 0 and json.loads(out)["ACC"] == pytest.approx(result["ACC"])
+
+
+def test_scoring_holdout_after_training_on_all_of_train_warns(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "run", "--dataset", "digits", "--device", "cpu", "--run-dir", str(tmp_path),
+                           "--split", "holdout", "--json", "--set", "stages.0.train.epochs=1",
+                           "--set", "stages.1.train.epochs=1")
+    assert code == 0 and "which contains it" in err

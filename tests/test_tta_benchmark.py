@@ -40,6 +40,11 @@ def test_fixed_minutes_must_leave_time_for_epochs(tta, capsys):
         assert stop.value.code == 2 and "--fixed-min must be" in capsys.readouterr().err
 
 
+def test_tuning_trains_on_fit_and_scores_holdout_instead_of_test(tta):
+    assert tta.splits(tta.parse_args(["--config", "c.yaml"], None)) == ("train", "test")
+    assert tta.splits(tta.parse_args(["--config", "c.yaml", "--tune"], None)) == ("fit", "holdout")
+
+
 def test_the_parent_hands_each_seed_to_its_own_process(tta):
     argv = ["--config", "c.yaml", "--seeds", "0", "1", "2", "--budget-min", "1"]
     assert tta._without(argv, "--seeds", 3) == ["--config", "c.yaml", "--budget-min", "1"]

@@ -35,7 +35,7 @@ STL10_SPLITS = {
 
 def _parts(name: str, split: str, splits: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
     if split not in splits:
-        raise UserError(f"{name} has no split '{split}': choose one of {', '.join(splits)}")
+        raise UserError(f"{name} has no split '{split}': choose one of {', '.join(splits)}, fit, holdout")
     return splits[split]
 
 

@@ -7,9 +7,17 @@
   lets torchvision fetch them, for users with internet);
 - `digits`: scikit-learn's bundled 8×8 digits (needs no download; single split `all`);
 - `folder:PATH`: every image under PATH (see `labelless.data.folder`).
+
+Every dataset also has the splits `fit` and `holdout`, for tuning without the test split (issue 8's
+honesty rule): `holdout` is a fixed 10 % of the training split (`train`, or `all` where a dataset has
+no train split), drawn by a permutation with a fixed seed — the same rows in every run, every seed and
+every process, chosen without looking at labels — and `fit` is the other 90 %. Tune with
+`dataset.split: fit` and `dataset.eval_split: holdout`; report the chosen settings trained on `train`
+and scored on `test`, once.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -54,7 +62,7 @@ def _splits(split: str, available: tuple[str, ...]) -> list[str]:
     if split == "all":
         return list(available)
     if split not in available:
-        raise UserError(f"split '{split}' does not exist here: choose one of {', '.join(available + ('all',))}")
+        raise UserError(f"split '{split}' does not exist here: choose one of {', '.join(available + ('all',) + HOLDOUT_SPLITS)}")
     return [split]
 
 
@@ -79,7 +87,7 @@ def load_digits_store(split: str = "all", **_) -> ImageStore:
     from sklearn.datasets import load_digits
 
     if split != "all":
-        raise UserError(f"digits has the single split 'all', not '{split}'")
+        raise UserError(f"digits has the split 'all' (and fit, holdout), not '{split}'")
     d = load_digits()
     x = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)
     return _as_store(x, d.target, MNIST_CLASSES, "scikit-learn digits (8×8)")
@@ -114,6 +122,30 @@ DATASETS: dict[str, Callable[..., ImageStore]] = {
 }
 
 DEFAULT_SPLIT = {"digits": "all", "folder": "all"}
+HOLDOUT_SPLITS = ("fit", "holdout")
+HOLDOUT_FRACTION = 0.1
+HOLDOUT_SEED = 0  # fixed on purpose: a run's own seed must not move images between fit and holdout
+
+
+def holdout_rows(n: int) -> torch.Tensor:
+    """The sorted rows of an n-image training split that form `holdout`: 10 % of them, rounded, at least one."""
+    if n < 2:
+        raise UserError(f"a split of {n} image(s) cannot be divided into fit and holdout")
+    size = max(1, round(n * HOLDOUT_FRACTION))
+    permutation = torch.randperm(n, generator=torch.Generator().manual_seed(HOLDOUT_SEED))
+    return permutation[:size].sort().values
+
+
+def _holdout_split(name: str, split: str, root: str | Path | None, download: bool, options: dict) -> ImageStore:
+    parent = DEFAULT_SPLIT.get("folder" if name.startswith("folder:") else name, "train")
+    store = load_dataset(name, split=parent, root=root, download=download, **options)
+    keep = torch.zeros(len(store), dtype=torch.bool)
+    keep[holdout_rows(len(store))] = True
+    if split == "fit":
+        keep = ~keep
+    share = HOLDOUT_FRACTION if split == "holdout" else 1 - HOLDOUT_FRACTION
+    subset = store.subset(keep.nonzero().squeeze(1))
+    return dataclasses.replace(subset, source=f"{store.source}, {split} ({share:.0%} of {parent}, fixed seed {HOLDOUT_SEED})")
 
 
 def load_dataset(name: str, split: str | None = None, root: str | Path | None = None, download: bool = False,
@@ -123,11 +155,13 @@ def load_dataset(name: str, split: str | None = None, root: str | Path | None = 
     `split` defaults to `train` (`all` for `digits` and folders). `folder:PATH` accepts the folder
     reader's options (`image_size`, `labels_from_folders`).
     """
+    if split in HOLDOUT_SPLITS:
+        return _holdout_split(name, split, root, download, options)
     if name.startswith("folder:"):
         from labelless.data.folder import read_folder
 
         if split not in (None, "all"):
-            raise UserError("a folder has the single split 'all'")
+            raise UserError(f"a folder has the split 'all' (and {' and '.join(HOLDOUT_SPLITS)}), not '{split}'")
         return read_folder(name[len("folder:"):], **options)
     if name not in DATASETS:
         raise UserError(f"unknown dataset '{name}': choose one of {', '.join(list(DATASETS) + ['folder:PATH'])}")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from labelless.data.sources import default_data_root, load_dataset
+from labelless.data.sources import default_data_root, holdout_rows, load_dataset
 from labelless.errors import UserError
 
 DATA = default_data_root()
@@ -23,7 +23,7 @@ def test_digits():
 def test_unknown_dataset_and_bad_split():
     with pytest.raises(UserError, match="unknown dataset 'cifar11'"):
         load_dataset("cifar11")
-    with pytest.raises(UserError, match="single split 'all'"):
+    with pytest.raises(UserError, match="has the split 'all'"):
         load_dataset("digits", split="test")
 
 
@@ -68,3 +68,31 @@ def test_real_mnist():
     train = load_dataset("mnist")
     assert train.images.shape == (60000, 28, 28, 1)
     assert train.labels[:5].tolist() == [5, 0, 4, 1, 9]
+
+
+def test_fit_and_holdout_partition_the_training_split_the_same_way_every_time(tmp_path: Path):
+    rng = np.random.default_rng(5)
+    (tmp_path / "mnist").mkdir()
+    x, y = rng.integers(0, 256, (50, 28, 28), dtype=np.uint8), rng.integers(0, 10, 50)
+    np.savez_compressed(tmp_path / "mnist" / "train_00.npz", x=x, y=y)
+    np.savez_compressed(tmp_path / "mnist" / "test_00.npz", x=x[:3], y=y[:3])
+    torch.manual_seed(123)  # the run's own seed must not move images between fit and holdout
+    fit, holdout = (load_dataset("mnist", split=s, root=tmp_path) for s in ("fit", "holdout"))
+    torch.manual_seed(7)
+    assert torch.equal(load_dataset("mnist", split="holdout", root=tmp_path).images, holdout.images)
+    rows = holdout_rows(50)
+    assert len(holdout) == len(rows) == 5 and len(fit) == 45
+    assert torch.equal(holdout.images[..., 0], torch.from_numpy(x)[rows])
+    assert torch.equal(holdout.labels, torch.from_numpy(y)[rows])
+    rest = torch.ones(50, dtype=torch.bool)
+    rest[rows] = False
+    assert torch.equal(fit.images[..., 0], torch.from_numpy(x)[rest])  # disjoint, and together all of train
+    assert "holdout (10% of train" in holdout.source
+
+
+def test_holdout_of_a_dataset_without_a_train_split_comes_from_all():
+    fit, holdout = load_dataset("digits", split="fit"), load_dataset("digits", split="holdout")
+    assert (len(fit), len(holdout)) == (1617, 180)
+    assert holdout_rows(1797).tolist() == sorted(set(holdout_rows(1797).tolist()))  # sorted, no repeats
+    with pytest.raises(UserError, match="cannot be divided"):
+        holdout_rows(1)
