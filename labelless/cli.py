@@ -352,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="The one-shot job: train the dataset's default pipeline (configs/<dataset>/"
                                    "default.yaml, else its fast.yaml, else configs/default.yaml on a GPU and "
                                    "configs/cpu.yaml on a CPU), score it when labels exist, write runs/<name>/.")
-    _add_data_options(p, "split to score (default: test where it exists, else all)")
+    _add_data_options(p, "split to score (default: test where it exists, else all); 'holdout' (a fixed 10%% of "
+                         "train) with --set dataset.split=fit tunes without the test split")
     _add_k_options(p, "the dataset's class count")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (GPU when present)")
     p.add_argument("--seed", type=int, default=0, help="random seed; report mean ± std over several")
