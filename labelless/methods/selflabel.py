@@ -4,7 +4,9 @@ confident predictions.
 For each image, the weakly augmented view's prediction is the pseudo-label where its probability
 exceeds a threshold (0.99); a strongly augmented view is trained with class-balanced cross-entropy
 to it. It starts from the previous stage's backbone and its loss-chosen head, so it fixes the
-mistakes of the clustering step that are inconsistent with the confident majority.
+mistakes of the clustering step that are inconsistent with the confident majority. After TwoStageUC
+the "backbone" is its whole encoder (to the normalised embedding) and the head its chosen Norm-FC
+head, whose prototypes stay fixed as in TwoStageUC.
 """
 from __future__ import annotations
 
@@ -14,8 +16,10 @@ import torch
 from torch import Tensor, nn
 
 from labelless.data.augment import Augment
+from labelless.errors import UserError
 from labelless.losses import confident_self_label_loss
 from labelless.methods.base import Batch, Method, predict_in_batches
+from labelless.nn.heads import ClusterHeads, NormFCHeads
 
 
 class SelfLabel(Method):
@@ -25,10 +29,17 @@ class SelfLabel(Method):
                  threshold: float = 0.99, weak_augment: str = "weak", strong_augment: str = "strong",
                  balance: bool = True) -> None:
         super().__init__()
-        if pretrained is None or not hasattr(pretrained, "heads"):
-            raise ValueError("selflabel needs a previous clustering stage with cluster heads (e.g. scan)")
-        self.backbone = copy.deepcopy(pretrained.backbone)
-        self.head: nn.Linear = copy.deepcopy(pretrained.heads.heads[pretrained.selector.chosen])
+        heads = getattr(pretrained, "heads", None)
+        if isinstance(heads, NormFCHeads):  # TwoStageUC: its encoder and chosen head, prototypes still fixed
+            self.backbone: nn.Module = copy.deepcopy(pretrained.encoder)
+            self.head: nn.Module = heads.only(pretrained.selector.chosen)
+        elif isinstance(heads, ClusterHeads) and hasattr(pretrained, "backbone"):  # SCAN, IIC
+            self.backbone = copy.deepcopy(pretrained.backbone)
+            self.head = copy.deepcopy(heads.heads[pretrained.selector.chosen])
+        else:
+            name = getattr(pretrained, "name", "nothing")
+            raise UserError(f"selflabel continues a clustering stage with cluster heads (scan, iic, two_stage), "
+                            f"not {name}")
         self.threshold, self.balance = threshold, balance
         self.weak = Augment(weak_augment, size=image_size, channels=in_channels)
         self.strong = Augment(strong_augment, size=image_size, channels=in_channels)

@@ -13,7 +13,9 @@ of the two views (`labelless.losses.neighbourhood.isif_loss`, τ = 0.1). Only th
 The head with the lowest training loss answers (never the most accurate: that would need labels).
 
 Where the encoder comes from:
-- the previous stage of the pipeline (`pretrained`, a `super_and` method) — the paper's model;
+- the previous stage of the pipeline (`pretrained`): a `super_and` method — the paper's model — or a
+  `simclr` one, whose backbone and projector become the encoder (v = normalise(g(f(x))), the
+  projector's 128-d output): issue 8's alternative to SCAN as the clustering stage of `fast.yaml`;
 - `encoder_from: PATH` — the stage-1 weights of an earlier run: a `.safetensors` file the Trainer
   wrote (`RUN_DIR/checkpoints/<stage>.safetensors`) or a run directory holding one super_and stage;
 - neither: a fresh encoder, the supplement's "without stage 1" ablation (§D: 58.6% at 300 epochs).
@@ -25,12 +27,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from labelless.errors import UserError
 from labelless.losses import iic_loss
 from labelless.losses.neighbourhood import isif_loss
 from labelless.methods.base import Batch, EpochContext, Method, predict_in_batches
+from labelless.methods.simclr import SimCLR
 from labelless.methods.super_and import SuperAND, TwoTrunkEncoder, paper_augment
 from labelless.nn.heads import HeadSelector, NormFCHeads
 
@@ -75,6 +79,18 @@ def load_encoder(encoder: TwoTrunkEncoder, path: str | Path) -> None:
                         f"embedding_dim): {first_line}") from None
 
 
+class ProjectedEncoder(nn.Module):
+    """A SimCLR stage's backbone f and projector g as TwoStageUC's encoder: x ∈ [0, 1] → normalise(g(f(x)))."""
+
+    def __init__(self, backbone: nn.Module, projector: nn.Sequential) -> None:
+        super().__init__()
+        self.backbone, self.projector = backbone, projector
+        self.embedding_dim = projector[-1].out_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(self.projector(self.backbone(x)), dim=1)
+
+
 class TwoStageUC(Method):
     name = "two_stage"
 
@@ -88,9 +104,12 @@ class TwoStageUC(Method):
         if pretrained is not None:
             if encoder_from is not None:
                 raise UserError("two_stage: give encoder_from only when no previous stage hands over an encoder")
-            if not isinstance(getattr(pretrained, "encoder", None), TwoTrunkEncoder):
-                raise UserError(f"two_stage continues a super_and stage, not '{pretrained.name}'")
-            self.encoder = copy.deepcopy(pretrained.encoder)
+            if isinstance(getattr(pretrained, "encoder", None), TwoTrunkEncoder):
+                self.encoder: nn.Module = copy.deepcopy(pretrained.encoder)
+            elif isinstance(pretrained, SimCLR):
+                self.encoder = ProjectedEncoder(copy.deepcopy(pretrained.backbone), copy.deepcopy(pretrained.projector))
+            else:
+                raise UserError(f"two_stage continues a super_and or simclr stage, not '{pretrained.name}'")
         else:
             self.encoder = TwoTrunkEncoder(backbone, in_channels, image_size, embedding_dim, sobel, mean, std)
             if encoder_from is not None:

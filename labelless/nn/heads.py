@@ -86,6 +86,12 @@ class NormFCHeads(nn.Module):
     def __len__(self) -> int:
         return len(self.weight)
 
+    def only(self, head: int) -> NormFCHead:
+        """Head `head` alone, a copy (same prototypes, temperature and normalisation)."""
+        single = NormFCHead(self.weight.shape[1], self.weight.shape[2], self.temperature, self.head_norm)
+        single.weight.copy_(self.weight[head:head + 1])
+        return single.to(self.weight.device)
+
     def prototypes(self) -> Tensor:
         """The normalised weights Ŵ, H×D×K."""
         return F.normalize(self.weight, dim=2 if self.head_norm == "feature_rows" else 1)
@@ -95,3 +101,14 @@ class NormFCHeads(nn.Module):
         with torch.autocast(features.device.type, enabled=False):
             logits = torch.einsum("nd,hdk->hnk", features.float(), self.prototypes()) / self.temperature
         return list(logits.unbind(0))
+
+
+class NormFCHead(NormFCHeads):
+    """One Norm-FC head, features N×D → N×K logits: self-labelling continues TwoStageUC's chosen head
+    with it (`NormFCHeads.only`), its prototypes still fixed."""
+
+    def __init__(self, in_features: int, k: int, temperature: float = 0.1, head_norm: str = "feature_rows") -> None:
+        super().__init__(in_features, k, 1, temperature, head_norm)
+
+    def forward(self, features: Tensor) -> Tensor:  # type: ignore[override]
+        return super().forward(features)[0]

@@ -103,3 +103,59 @@ def test_encoder_from_an_earlier_run(store, tmp_path):
         TwoStageUC(k=K, in_channels=3, image_size=32, backbone="mlp", sobel=False, encoder_from=str(weights))
     with pytest.raises(UserError, match="no previous stage"):
         TwoStageUC(k=K, in_channels=3, image_size=32, pretrained=run.method, encoder_from=str(weights))
+
+
+# ---------------------------------------------------------------- after SimCLR (issue 8's alternative to SCAN)
+
+
+def test_two_stage_continues_simclr_and_selflabel_continues_its_chosen_norm_fc_head():
+    from labelless.methods.selflabel import SelfLabel
+    from labelless.methods.simclr import SimCLR
+
+    torch.manual_seed(0)
+    simclr = SimCLR(k=4, in_channels=1, image_size=8, backbone="mlp").eval()
+    stage2 = TwoStageUC(k=4, in_channels=1, image_size=8, pretrained=simclr, heads=3).eval()
+    images = torch.rand(20, 1, 8, 8)
+    with torch.no_grad():
+        expected = F.normalize(simclr.projector(simclr.backbone(images)), dim=1)  # the projector's 128-d output
+    torch.testing.assert_close(stage2.embed(images), expected)
+    stage2.selector.record(torch.tensor([3.0, 2.0, 1.0]))  # head 2 has the lowest loss
+    assert stage2.selector.chosen == 2
+    selflabel = SelfLabel(k=4, in_channels=1, image_size=8, pretrained=stage2).eval()
+    torch.testing.assert_close(selflabel.cluster_logits(images), stage2.cluster_logits(images))
+    torch.testing.assert_close(selflabel.cluster_logits(images), stage2.head_logits(images)[2])
+    assert list(selflabel.head.parameters()) == []  # the prototypes stay fixed: only the encoder trains
+    assert not torch.equal(selflabel.cluster_logits(images), stage2.head_logits(images)[0])
+
+
+def test_simclr_two_stage_selflabel_pipeline_trains_and_reloads(tmp_path):
+    from labelless.predict import load_run
+
+    config = load_config({
+        "name": "tiny-normfc", "dataset": {"name": "digits"}, "device": "cpu",
+        "train": {"batch_size": 64, "optimizer": "adam", "lr": 1e-3, "schedule": "constant", "checkpoint_every": 9},
+        "stages": [{"name": "pretext", "method": {"name": "simclr", "backbone": "mlp", "augment": "affine"},
+                    "train": {"epochs": 1}},
+                   {"name": "cluster", "method": {"name": "two_stage", "heads": 2, "augment": "affine",
+                                                  "augment_options": {}}, "train": {"epochs": 1}},
+                   {"name": "selflabel", "method": {"name": "selflabel", "threshold": 0.5, "weak_augment": "none",
+                                                    "strong_augment": "affine"}, "train": {"epochs": 1}}]})
+    store = load_dataset("digits").subset(slice(0, 192))
+    run = train(config, tmp_path, progress=False, store=store)
+    images = store.images[:32]
+    probabilities = run.probabilities(images)
+    assert probabilities.shape == (32, 10) and torch.isfinite(probabilities).all()
+    torch.testing.assert_close(load_run(tmp_path).probabilities(images), probabilities)
+
+
+@pytest.mark.parametrize("first, second, message", [
+    ("rotnet", "two_stage", "two_stage continues a super_and or simclr stage, not 'rotnet'"),
+    ("simclr", "selflabel", "selflabel continues a clustering stage with cluster heads"),
+])
+def test_a_stage_that_cannot_continue_the_previous_one_is_a_one_line_error(first, second, message, tmp_path):
+    config = load_config({"name": "bad", "dataset": {"name": "digits"}, "device": "cpu",
+                          "train": {"epochs": 1, "batch_size": 32},
+                          "stages": [{"name": "a", "method": {"name": first, "backbone": "mlp"}},
+                                     {"name": "b", "method": {"name": second}}]})
+    with pytest.raises(UserError, match=message):
+        train(config, tmp_path, progress=False, store=load_dataset("digits").subset(slice(0, 64)))
