@@ -113,6 +113,19 @@ def build_method(name: str, params: dict, *, k: int, store: ImageStore, previous
         raise UserError(f"{where}: {error}") from None
 
 
+def build_pipeline(config: RunConfig, k: int, store: ImageStore) -> Method:
+    """Every stage's method, untrained, each given the previous one as `pretrained` exactly as training
+    does; returns the last. `train` builds it once before training (a stage that cannot follow the
+    previous one fails in a second, not after hours of the stages before it) and `load_run` to
+    rebuild a finished run. Only `store`'s channels and image size are read."""
+    method: Method | None = None
+    for stage in config.stages:
+        params = dict(stage.method)
+        method = build_method(params.pop("name"), params, k=k, store=store, previous=method,
+                              where=f"stage '{stage.name}'")
+    return method
+
+
 def resolve_k(config: RunConfig, store: ImageStore) -> int:
     k = config.k or store.num_classes
     if k is None:
@@ -206,6 +219,8 @@ def train(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool 
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     labels = _weak_labels(config, store, k)
+    with torch.random.fork_rng(devices=[]):  # the check must not move the training's random stream
+        build_pipeline(config, k if k is not None else k_range[0], store)
     previous: Method | None = None
     for stage in config.stages:
         params = dict(stage.method)

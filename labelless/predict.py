@@ -31,7 +31,7 @@ from labelless.data import folder
 from labelless.data.stores import ImageStore
 from labelless.errors import UserError
 from labelless.methods.base import Method
-from labelless.pipeline import Run, build_method
+from labelless.pipeline import Run, build_pipeline
 from labelless.train import resolve_device
 
 RUN_FILES = ("config.yaml", "run.json", "model.safetensors")
@@ -75,13 +75,9 @@ def load_run(path: str | os.PathLike, device: str = "cpu") -> Run:
     from safetensors.torch import load_file
 
     info = read_run_info(path)
-    # build_method reads only the channels and the input size of the store: one blank image carries them
+    # build_pipeline reads only the channels and the input size of the store: one blank image carries them
     placeholder = ImageStore(torch.zeros(1, *info.image_size, info.channels, dtype=torch.uint8))
-    method: Method | None = None
-    for stage in info.config.stages:
-        params = dict(stage.method)
-        method = build_method(params.pop("name"), params, k=info.k, store=placeholder, previous=method,
-                              where=f"stage '{stage.name}'")
+    method = build_pipeline(info.config, info.k, placeholder)
     weights = info.root / "model.safetensors"
     try:
         tensors = load_file(str(weights))

@@ -159,3 +159,4 @@ def test_a_stage_that_cannot_continue_the_previous_one_is_a_one_line_error(first
                                      {"name": "b", "method": {"name": second}}]})
     with pytest.raises(UserError, match=message):
         train(config, tmp_path, progress=False, store=load_dataset("digits").subset(slice(0, 64)))
+    assert not (tmp_path / "checkpoints").exists()  # checked before the first stage trained
