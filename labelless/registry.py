@@ -5,6 +5,7 @@ from __future__ import annotations
 from labelless.data.augment import AUGMENTS, list_augments
 from labelless.data.sources import DATASETS
 from labelless.methods.base import Method
+from labelless.methods.byol import BYOL
 from labelless.methods.deepcluster import DeepCluster
 from labelless.methods.entropy_margin import EntropyMargin
 from labelless.methods.iic import IIC
@@ -19,7 +20,7 @@ from labelless.methods.supervised import Supervised
 from labelless.methods.two_stage import TwoStageUC
 from labelless.nn.backbones import BACKBONES, list_backbones
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (SimCLR, SCAN, SelfLabel, IIC, SuperAND, TwoStageUC, RotNet, LSDC,
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (SimCLR, BYOL, SCAN, SelfLabel, IIC, SuperAND, TwoStageUC, RotNet, LSDC,
                                                       EntropyMargin, PseudoLabel, DeepCluster, Supervised)}
 
 # methods that continue a previous stage and cannot start a pipeline

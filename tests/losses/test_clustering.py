@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from labelless.losses import confident_self_label_loss, entropy, iic_loss, mean_entropy, nt_xent_loss, scan_loss
+from labelless.losses import byol_loss, confident_self_label_loss, entropy, iic_loss, mean_entropy, nt_xent_loss, scan_loss
 
 
 def one_hot_balanced(n: int, k: int) -> torch.Tensor:
@@ -77,3 +77,16 @@ def test_nt_xent_is_lower_for_matching_views():
     orthogonal = torch.eye(8)
     expected = -math.log(math.exp(5) / (math.exp(5) + 2 * 8 - 2))
     assert nt_xent_loss(orthogonal, orthogonal, 0.2).item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_byol_loss_is_two_minus_twice_the_cosine_and_sends_no_gradient_to_the_target():
+    e = torch.eye(3)
+    assert byol_loss(e, e).item() == pytest.approx(0.0, abs=1e-6)  # same direction
+    assert byol_loss(e, e.roll(1, 0)).item() == pytest.approx(2.0)  # orthogonal
+    assert byol_loss(3 * e, -e).item() == pytest.approx(4.0)  # opposite; scale does not matter
+    prediction = torch.tensor([[1.0, 1.0]], requires_grad=True)
+    target = torch.tensor([[1.0, 0.0]], requires_grad=True)
+    loss = byol_loss(prediction, target)
+    assert loss.item() == pytest.approx(2 - 2 / math.sqrt(2), rel=1e-6)
+    loss.backward()
+    assert prediction.grad is not None and target.grad is None

@@ -22,6 +22,7 @@ TINY: dict[str, dict] = {
     "super_and": {"backbone": "small_cnn", "epochs_per_round": 1},  # epoch 1 = round 1: neighbourhoods in use
     "two_stage": {"backbone": "small_cnn", "heads": 2},  # no previous stage: a fresh encoder (the ablation)
     "simclr": {"backbone": "small_cnn", "hidden_dim": 32, "projection_dim": 16, "augment": "weak"},
+    "byol": {"backbone": "small_cnn", "hidden_dim": 32, "projection_dim": 16, "augment": "weak"},
     "entropy_margin": {"backbone": "small_cnn", "augment": "weak", "max_iterations": 20},
     "pseudo_label": {"backbone": "small_cnn", "augment": "weak"},
     "deepcluster": {"backbone": "small_cnn", "augment": "weak", "pca_dims": 8, "kmeans_iterations": 5},

@@ -5,7 +5,7 @@ would have broken at `if mask.any()` and its boolean indexing. Traced with dynam
 compilation, so this runs on the CPU in seconds).
 
 The methods that keep state between steps (Super-AND's memory bank and curriculum neighbours,
-TwoStageUC's fixed prototypes, LSD-C's frozen trunk, SCAN's neighbour table) must also *compute* the
+TwoStageUC's fixed prototypes, LSD-C's frozen trunk, BYOL's moving-average target) must also *compute* the
 same when compiled: three steps through `torch.compile(backend="aot_eager")` — dynamo, functionalised
 buffer writes and AOTAutograd, everything the GPU's compile does except Inductor's kernels — give the
 eager losses, gradients and buffers, across an epoch boundary that changes the step's Python state."""
@@ -85,6 +85,7 @@ def _three_steps(method, store: ImageStore, compiled: bool) -> tuple[torch.Tenso
     # round 1 starts at epoch 2 (curriculum neighbours rewritten) and the UE weight leaves 0 at epoch 1
     ("super_and", {"epochs_per_round": 2, "ue_weight_every": 1}),
     ("two_stage", {}),
+    ("byol", {"hidden_dim": 32, "projection_dim": 16}),  # the target's in-step EMA write
     ("lsd_c", {"knn_k": 5, "rampup_epochs": 2}),
 ])
 def test_a_compiled_stateful_step_computes_what_the_eager_step_does(name, options):
