@@ -138,12 +138,15 @@ def holdout_rows(n: int) -> torch.Tensor:
 
 def _holdout_split(name: str, split: str, root: str | Path | None, download: bool, options: dict) -> ImageStore:
     parent = DEFAULT_SPLIT.get("folder" if name.startswith("folder:") else name, "train")
+    share = HOLDOUT_FRACTION if split == "holdout" else 1 - HOLDOUT_FRACTION
     store = load_dataset(name, split=parent, root=root, download=download, **options)
+    if store.streamed:  # a random subset of a memory map is a copy in memory: larger than memory, by definition
+        raise UserError(f"'{split}' would copy a random {share:.0%} of {name} into memory, and it is streamed "
+                        f"from disk because it does not fit: use '{parent}'")
     keep = torch.zeros(len(store), dtype=torch.bool)
     keep[holdout_rows(len(store))] = True
     if split == "fit":
         keep = ~keep
-    share = HOLDOUT_FRACTION if split == "holdout" else 1 - HOLDOUT_FRACTION
     subset = store.subset(keep.nonzero().squeeze(1))
     return dataclasses.replace(subset, source=f"{store.source}, {split} ({share:.0%} of {parent}, fixed seed {HOLDOUT_SEED})")
 

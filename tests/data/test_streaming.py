@@ -171,3 +171,11 @@ def test_the_digits_pipeline_runs_the_same_on_a_streamed_folder(digit_folder, tm
         metrics = evaluate(run, store, "all", "digits-folder")
         results.append((run.probabilities(store.images), {k: metrics[k] for k in ("ACC", "NMI", "ARI")}))
     assert torch.equal(results[0][0], results[1][0]) and results[0][1] == results[1][1]
+
+
+def test_fit_and_holdout_of_a_streamed_folder_are_a_one_line_refusal(digit_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv(stores.STREAM_ENV, "always")
+    monkeypatch.setenv(folder_module.CACHE_ENV, str(tmp_path / "cache"))
+    with pytest.warns(UserWarning, match="skipped 2 unreadable"):
+        with pytest.raises(UserError, match="streamed from disk because it does not fit: use 'all'"):
+            load_dataset(f"folder:{digit_folder}", split="holdout", labels_from_folders=True, progress=False)
