@@ -282,8 +282,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
               f"(curve side channel {result['curve_seconds']:.0f} s)", file=sys.stderr)
     keys = [k for k in METRICS if all(k in r for r in runs)]
     budget_s = args.budget_min * 60
+    train_split, scored_split = splits(args)
     out = {
-        "method": runs[0]["method"], "dataset": runs[0]["dataset"], "split": splits(args)[1], "train_split": splits(args)[0],
+        "method": runs[0]["method"], "dataset": runs[0]["dataset"], "split": scored_split, "train_split": train_split,
         "config": args.config, "budget_minutes": args.budget_min, "reference_minutes": args.reference_min,
         "fixed_minutes": args.fixed_min,
         "epochs": runs[0]["epochs"], "train_images": runs[0]["train_images"], "seeds": args.seeds,
@@ -295,7 +296,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         "head_selection": "lowest_loss", "labels_used_in_training": False,
         "device": runs[0]["device"],
         "wall_seconds": round(statistics.mean(r["wall_seconds"] - r["curve_seconds"] for r in runs), 1),
-        "wall_clock": f"from process spawn to the final {splits(args)[1]} evaluation, curve side channel excluded"
+        "wall_clock": f"from process spawn to the final {scored_split} evaluation, curve side channel excluded"
                       + ("; summed over the calls of a chain (--time-limit), each call's start-up counted"
                          if args.time_limit else ""),
         **({"chained_calls": {str(r["seed"]): r["chained_calls"] for r in runs}} if args.time_limit else {}),
