@@ -48,12 +48,9 @@ class SelfLabel(Method):
         return self.head(self.backbone(images))
 
     def training_step(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
-        # as SCAN's own loop: the weak view only labels, so it runs without a graph (no activations kept,
-        # no backward through it: one forward of N instead of a forward and backward of 2N)
-        with torch.no_grad():
-            weak = self._logits(self.weak(batch.images))
-        strong = self._logits(self.strong(batch.images))
-        loss, mask = confident_self_label_loss(weak, strong, self.threshold, self.balance)
+        n = len(batch.indices)
+        logits = self._logits(torch.cat([self.weak(batch.images), self.strong(batch.images)]))
+        loss, mask = confident_self_label_loss(logits[:n], logits[n:], self.threshold, self.balance)
         return loss, {"confident_fraction": mask.float().mean().detach()}
 
     def embed(self, images: Tensor) -> Tensor:
