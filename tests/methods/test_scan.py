@@ -1,4 +1,4 @@
-"""SCAN's neighbour space: principal components and deskewed pixels (known answers)."""
+"""SCAN's neighbour space: principal components and deskewed pixels (known answers); the self-labelling step."""
 from __future__ import annotations
 
 import pytest
@@ -50,3 +50,37 @@ def test_deskewed_pixel_features_bring_two_slants_of_one_stroke_together():
 def test_scan_rejects_an_unknown_pixel_space():
     with pytest.raises(ValueError, match="pixel_space"):
         SCAN(k=3, in_channels=1, image_size=8, backbone="mlp", pixel_space="sideways")
+
+
+@pytest.mark.parametrize("weak_pass, rows", [("joint", 16), ("separate", 8)])
+def test_self_labelling_backpropagates_through_the_views_its_weak_pass_names(weak_pass, rows):
+    """`joint`: one forward and backward of both views (2N rows); `separate` (SCAN's loop): the weak view
+    only labels, under no_grad, so the backward sees N rows. The loss is the strong view's confident
+    cross-entropy against the weak view's argmax either way."""
+    from labelless.errors import UserError
+    from labelless.losses import confident_self_label_loss
+    from labelless.methods.base import Batch
+    from labelless.methods.selflabel import SelfLabel
+
+    torch.manual_seed(0)
+    scan = SCAN(k=4, in_channels=3, image_size=16, backbone="small_cnn", heads=2, num_neighbours=3)
+    selflabel = SelfLabel(k=4, in_channels=3, image_size=16, pretrained=scan, threshold=0.0,
+                          weak_augment="none", strong_augment="none", weak_pass=weak_pass)
+    rows_in_backward = []
+
+    def count_rows(module, inputs, out) -> None:  # the first conv's output: its gradient's rows in backward
+        if out.requires_grad:
+            out.register_hook(lambda grad: rows_in_backward.append(len(grad)))
+
+    next(m for m in selflabel.backbone.modules() if isinstance(m, torch.nn.Conv2d)).register_forward_hook(count_rows)
+    images = torch.rand(8, 3, 16, 16)
+    loss, _ = selflabel.training_step(Batch(images, torch.arange(8)))
+    loss.backward()
+    assert rows_in_backward == [rows]
+    selflabel.eval()  # same BatchNorm statistics for both views: the two logits are then equal
+    with torch.no_grad():
+        logits = selflabel.cluster_logits(images)
+        loss, _ = selflabel.training_step(Batch(images, torch.arange(8)))
+    assert loss.item() == pytest.approx(confident_self_label_loss(logits, logits, 0.0)[0].item(), rel=1e-5)
+    with pytest.raises(UserError, match="weak_pass"):
+        SelfLabel(k=4, in_channels=3, image_size=16, pretrained=scan, weak_pass="both")
