@@ -40,8 +40,10 @@ def git_commit() -> str | None:
 
 def stamp(command: str, commit: str | None = None) -> dict[str, str]:
     """The closing fields of every results file: the command that wrote it, the commit (`commit`, else
-    HEAD, else "unknown") and the UTC time."""
+    the environment's LABELLESS_COMMIT — set it on the device machine, whose copy of the tree has no
+    `.git` — else HEAD, else "unknown") and the UTC time."""
     import datetime
 
-    return {"command": command, "commit": commit or git_commit() or "unknown",
+    commit = commit or os.environ.get("LABELLESS_COMMIT", "").strip() or git_commit() or "unknown"
+    return {"command": command, "commit": commit,
             "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}

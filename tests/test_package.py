@@ -25,3 +25,18 @@ def test_public_names_resolve_to_the_api_and_unknown_ones_fail():
     assert set(labelless.__all__) <= set(dir(labelless))
     with pytest.raises(AttributeError, match="no attribute 'trian'"):
         labelless.trian  # noqa: B018
+
+
+def test_results_stamp_takes_the_commit_from_the_environment_before_git(monkeypatch):
+    """The device machine's copy of the tree has no `.git`: LABELLESS_COMMIT names the commit there."""
+    from labelless import provenance
+
+    monkeypatch.setattr(provenance, "git_commit", lambda: None)
+    monkeypatch.delenv("LABELLESS_COMMIT", raising=False)
+    assert provenance.stamp("x")["commit"] == "unknown"
+    monkeypatch.setenv("LABELLESS_COMMIT", "abc123\n")
+    assert provenance.stamp("x")["commit"] == "abc123"
+    assert provenance.stamp("x", commit="def456")["commit"] == "def456"
+    monkeypatch.setattr(provenance, "git_commit", lambda: "0" * 40)
+    monkeypatch.setenv("LABELLESS_COMMIT", "")
+    assert provenance.stamp("x")["commit"] == "0" * 40

@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
-import torchvision
 from torch import Tensor, nn
 
 from labelless.errors import UserError
@@ -79,6 +78,8 @@ def _resnet(arch: str, in_channels: int, image_size: int, **kw: object) -> Backb
     """torchvision's ResNet (He et al. 2016), untrained, without `fc`. Up to 64 px the stem is the
     CIFAR one of SimCLR/SCAN (3×3 stride-1 conv1, no max-pool): the ImageNet stem would shrink a 32-px
     image to 8 px before the first residual block. Blocks: stem, layer1…layer4 (conv1…conv5_x)."""
+    import torchvision.models  # here, not at the top: importing torchvision costs every process ~3 s
+
     net = getattr(torchvision.models, arch)(weights=None, **kw)
     if image_size <= 64:
         net.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
