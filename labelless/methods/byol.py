@@ -2,8 +2,8 @@
 projector → predictor) predicts a target network's projection of the other augmented view; the
 target is an exponential moving average of the online backbone and projector, and no negatives
 are used. Issue 8 asks that the pretext be chosen by accuracy per minute, not by habit: this is the
-self-distillation candidate beside SimCLR, with the same output (`backbone`, `embed`) so SCAN, IIC
-or self-labelling continue it unchanged.
+self-distillation candidate beside SimCLR, with the same output (`backbone`, `embed`, and
+`projector_embed`: the online projector's) so SCAN, IIC or self-labelling continue it unchanged.
 
 Sizes as lightly's and solo-learn's CIFAR recipes: projector 512 → 4096 → 256, predictor
 256 → 4096 → 256 (BatchNorm in both hidden layers). The target momentum τ rises from `momentum`
@@ -86,6 +86,12 @@ class BYOL(Method):
     def embed(self, images: Tensor) -> Tensor:
         """Online backbone features, L2-normalised (SCAN mines neighbours on them, as after SimCLR)."""
         return predict_in_batches(lambda x: F.normalize(self.backbone(x).float(), dim=1), images)
+
+    def projector_embed(self, images: Tensor) -> Tensor:
+        """Online projector output, L2-normalised (N×projection_dim), for SCAN's `neighbour_space:
+        projector`. The online projection is SimCLR's z counterpart; the predictor's output is only an
+        estimate of the other view's target, and the target projector is a lagging average of this one."""
+        return predict_in_batches(lambda x: F.normalize(self.projector(self.backbone(x)).float(), dim=1), images)
 
     def parameter_groups(self) -> list[dict]:
         return [{"params": [*self.backbone.parameters(), *self.projector.parameters(), *self.predictor.parameters()]}]

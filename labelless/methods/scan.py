@@ -3,9 +3,18 @@
 Each image is pulled towards the cluster posterior of one of its k nearest neighbours, mined once
 in a feature space, while an entropy term keeps all clusters in use (Eq. 2):
     Λ = −(1/|D|) Σ_X Σ_{k∈N_X} log ⟨Φ(X), Φ(k)⟩ + λ Σ_c Φ'^c log Φ'^c,   λ = 5.
-Neighbours come from the previous stage's embedding (SCAN's pretext), or from pixel space when the
-run has no pretext stage (scikit-learn digits: 96% of the 10 pixel-space neighbours share the label).
+Neighbours come from the previous stage (SCAN's pretext), or from pixel space when the run has no
+pretext stage (scikit-learn digits: 96% of the 10 pixel-space neighbours share the label).
 Several heads train together; the head with the lowest loss is the answer.
+
+`neighbour_space` picks where in the previous stage they are mined, both L2-normalised:
+- `backbone` (default): its pooled backbone features (`embed`, 512-d for a ResNet-18);
+- `projector`: its projector's output (`projector_embed`, 128-d for SimCLR), the space of SCAN's
+  reference code, whose `fill_memory_bank` calls the contrastive model, i.e.
+  normalize(contrastive_head(backbone(x))) (wvangansbeke/Unsupervised-Classification). SimCLR and
+  BYOL (its online projector) have one; any other previous stage, or none, is refused when the
+  pipeline is built.
+Only the mining changes: the cluster heads sit on the backbone either way.
 """
 from __future__ import annotations
 
@@ -16,6 +25,7 @@ from torch import Tensor
 
 from labelless.data.augment import Augment, deskew
 from labelless.data.stores import ImageStore
+from labelless.errors import UserError
 from labelless.evaluate.knn import knn_indices, principal_components
 from labelless.losses import scan_loss
 from labelless.methods.base import Batch, EpochContext, Method, MultiHeadClustering
@@ -36,13 +46,24 @@ def pixel_features(store: ImageStore, batch_size: int = 4096, *, deskewed: bool 
     return flat - flat.mean(0)
 
 
+def check_neighbour_space(space: str, pretrained: Method | None) -> None:
+    """Refuse, in one line and before any training, a `neighbour_space` that `pretrained` (the stage
+    neighbours are mined from; None: pixel space) cannot give."""
+    if space not in ("backbone", "projector"):
+        raise UserError(f"scan: neighbour_space must be 'backbone' or 'projector', not {space!r}")
+    if space == "projector" and not callable(getattr(pretrained, "projector_embed", None)):
+        found = ("neighbours are mined in pixel space (no previous stage, or neighbours_from: pixels)"
+                 if pretrained is None else f"the previous stage '{pretrained.name}' has no projector")
+        raise UserError(f"scan: neighbour_space 'projector' needs a previous simclr or byol stage, but {found}")
+
+
 class SCAN(MultiHeadClustering):
     name = "scan"
 
     def __init__(self, *, k: int, in_channels: int, image_size: int, pretrained: Method | None = None,
                  backbone: str = "resnet18", heads: int = 5, num_neighbours: int = 20, entropy_weight: float = 5.0,
                  augment: str = "simclr", neighbours_from: str = "auto", backbone_lr_scale: float = 1.0,
-                 pixel_space: str = "centred", neighbour_pca: int = 0) -> None:
+                 pixel_space: str = "centred", neighbour_pca: int = 0, neighbour_space: str = "backbone") -> None:
         super().__init__()
         if neighbours_from == "auto":
             neighbours_from = "pretrained" if pretrained is not None else "pixels"
@@ -52,6 +73,8 @@ class SCAN(MultiHeadClustering):
             raise ValueError("neighbours_from='pretrained' needs a previous stage")
         if pixel_space not in ("centred", "deskewed"):
             raise ValueError(f"pixel_space must be 'centred' or 'deskewed', not {pixel_space!r}")
+        check_neighbour_space(neighbour_space, pretrained if neighbours_from == "pretrained" else None)
+        self.neighbour_space = neighbour_space
         self.neighbours_from, self.num_neighbours, self.entropy_weight = neighbours_from, num_neighbours, entropy_weight
         self.pixel_space, self.neighbour_pca = pixel_space, neighbour_pca
         self.backbone_lr_scale = backbone_lr_scale
@@ -82,7 +105,8 @@ class SCAN(MultiHeadClustering):
             features = pixel_features(ctx.store, deskewed=self.pixel_space == "deskewed")
         else:
             pretrained = self._pretrained[0].to(ctx.device).eval()
-            features = torch.cat([pretrained.embed(images).float() for _, images in ctx.batches()])
+            embed = pretrained.projector_embed if self.neighbour_space == "projector" else pretrained.embed
+            features = torch.cat([embed(images).float() for _, images in ctx.batches()])
         return knn_indices(principal_components(features, self.neighbour_pca), self.num_neighbours).to(ctx.store.device)
 
     def training_step(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:

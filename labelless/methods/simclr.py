@@ -1,8 +1,9 @@
 """SimCLR pretext (Chen et al. 2020): two augmented views of each image, NT-Xent over the batch.
 
-The first stage of SCAN-style pipelines: its embedding is where the clustering stage mines
-neighbours, and its backbone is what the clustering stage fine-tunes. Both views go through one
-forward call (one batch of 2N), which keeps the GPU at its large-batch rate (DEVICE.md).
+The first stage of SCAN-style pipelines: its embedding (or, with SCAN's `neighbour_space: projector`,
+its normalised projector output) is where the clustering stage mines neighbours, and its backbone is
+what the clustering stage fine-tunes. Both views go through one forward call (one batch of 2N),
+which keeps the GPU at its large-batch rate (DEVICE.md).
 """
 from __future__ import annotations
 
@@ -41,3 +42,8 @@ class SimCLR(Method):
     def embed(self, images: Tensor) -> Tensor:
         """Backbone features, L2-normalised (SCAN mines neighbours on the pretext features)."""
         return predict_in_batches(lambda x: F.normalize(self.backbone(x).float(), dim=1), images)
+
+    def projector_embed(self, images: Tensor) -> Tensor:
+        """Projector output z, L2-normalised (N×projection_dim): the space SCAN's reference code mines
+        neighbours in (SCAN's `neighbour_space: projector`)."""
+        return predict_in_batches(lambda x: F.normalize(self.projector(self.backbone(x)).float(), dim=1), images)
