@@ -36,6 +36,19 @@ def _save_state(path: Path, state: dict) -> None:
     path.write_text(json.dumps(state, indent=2) + "\n")
 
 
+def _also_scored(runs: list[dict]) -> dict:
+    """`--also-score SPLIT` (e.g. train, which some papers score): that split's mean ± std over seeds."""
+    splits = [split for split in runs[0].get("also_scored", {}) if all(split in r.get("also_scored", {}) for r in runs)]
+    out = {}
+    for split in splits:
+        scored = [r["also_scored"][split] for r in runs]
+        keys = [k for k in METRICS if all(k in m for m in scored)]
+        out[split] = {"metrics": {k: statistics.mean(m[k] for m in scored) for k in keys},
+                      "metrics_std": {k: statistics.pstdev(m[k] for m in scored) for k in keys},
+                      "per_seed": [{"seed": r["seed"], **{k: m[k] for k in keys}} for r, m in zip(runs, scored)]}
+    return {"also_scored": out} if out else {}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="result JSON to write")
@@ -65,7 +78,16 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"time limit: seed {seed} not started; run this same seeds.py command again", file=sys.stderr)
                     return EXIT_TIME_LIMIT
                 extra += ["--time-limit", f"{max(left, 1.0) / 60:.6f}"]
+            if None in seed_state["calls"]:  # a call that neither finished nor stopped at its limit
+                print(f"seed {seed}: an earlier call was killed before it could record its time, so this seed's "
+                      f"wall time cannot be summed; delete {Path(args.run_root) / f'seed{seed}'} and its entry in "
+                      f"{state_path}, then run this same command again", file=sys.stderr)
+                return 2
             start, ran_a_seed = time.time(), True
+            if state_path is not None:  # marked before training: a call killed from outside leaves the mark
+                seed_state["calls"].append(None)
+                _save_state(state_path, state)
+                seed_state["calls"].pop()
             done = subprocess.run([sys.executable, "-m", "labelless", *command, "--seed", str(seed), "--json", *extra],
                                   capture_output=True, text=True)
             seed_state["calls"].append(round(time.time() - start, 1))
@@ -74,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
                 stopped = done.stderr.strip().splitlines()[-1].split("; run the same command")[0]
                 print(f"seed {seed}: {stopped}; run this same seeds.py command again", file=sys.stderr)
                 return EXIT_TIME_LIMIT
-            if done.returncode != 0:
+            if done.returncode != 0:  # a failed call's time counts too, if the seed goes on
+                if state_path is not None:
+                    _save_state(state_path, state)
                 print(done.stderr, file=sys.stderr)
                 return done.returncode
             seed_state["result"] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -93,11 +117,14 @@ def main(argv: list[str] | None = None) -> int:
         "seeds": args.seeds,
         "metrics": {k: statistics.mean(r[k] for r in runs) for k in keys},
         "metrics_std": {k: statistics.pstdev(r[k] for r in runs) for k in keys},
+        **{key: first[key] for key in ("epochs", "variant") if key in first},
         "per_seed": [{"seed": r["seed"], **{k: r[k] for k in keys}, "wall_seconds": round(r["wall_seconds"], 1),
                       **({"ACC_PER_HEAD": r["ACC_PER_HEAD"]} if "ACC_PER_HEAD" in r else {}),
+                      **({"ACC_HUNGARIAN": r["ACC_HUNGARIAN"]} if "ACC_HUNGARIAN" in r else {}),
                       **({"chained_calls": r["chained_calls"]} if args.time_limit is not None else {})}
                      for r in runs],
-        "head_selection": "lowest_loss",
+        **_also_scored(runs),
+        "head_selection": first.get("head_selection", "lowest_loss"),
         "labels_used_in_training": first["labels_used_in_training"],
         **({"labelled_fraction": first["labelled_fraction"]} if "labelled_fraction" in first else {}),
         "device": first["device"],

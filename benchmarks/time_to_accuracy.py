@@ -52,7 +52,7 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from labelless.errors import EXIT_TIME_LIMIT  # noqa: E402  (light: `import labelless` loads no torch)
+from labelless.errors import EXIT_TIME_LIMIT, UserError  # noqa: E402  (light: `import labelless` loads no torch)
 
 METRICS = ("ACC", "NMI", "ARI", "ACC_CONFIDENT", "CONFIDENT_FRACTION")
 
@@ -126,6 +126,15 @@ def run_one_seed(args: argparse.Namespace) -> dict:
     config = load_config(args.config, [f"seed={seed}", f"device={args.device}", *args.set])
     for stage in config.stages:
         stage.train.epochs = scaled_epochs(stage.train.epochs, args.budget_min, args.reference_min, args.fixed_min)
+    run_dir = Path(args.run_dir or tempfile.mkdtemp(prefix="labelless-tta-")) / f"seed{seed}"
+    chain_path = run_dir / "tta_chain.json"  # chain mode: what the earlier calls of this seed measured
+    chain = (json.loads(chain_path.read_text()) if args.time_limit and chain_path.is_file()
+             else {"calls": [], "curve": [], "ends": {}})
+    if args.time_limit:
+        if chain.get("open_call") is not None:  # the last call neither stopped at its limit nor finished
+            raise UserError(f"seed {seed}: a call that began {chain['open_call']} was killed before it could record "
+                            f"its time, so this seed's wall time cannot be summed; delete {run_dir} and run the "
+                            f"same command again")
     root, name = config.dataset.root if args.data_root is None else args.data_root, config.dataset.name
     train_split, scored_split = splits(args)
     store = load_dataset(name, split=train_split, root=root, **config.dataset.options)
@@ -134,10 +143,6 @@ def run_one_seed(args: argparse.Namespace) -> dict:
         store = store.subset(rows.sort().values)
     scored = load_dataset(name, split=scored_split, root=root, **config.dataset.options)
     labels = scored.labels.numpy()
-    run_dir = Path(args.run_dir or tempfile.mkdtemp(prefix="labelless-tta-")) / f"seed{seed}"
-    chain_path = run_dir / "tta_chain.json"  # chain mode: what the earlier calls of this seed measured
-    chain = (json.loads(chain_path.read_text()) if args.time_limit and chain_path.is_file()
-             else {"calls": [], "curve": [], "ends": {}})
     before = sum(call["wall_seconds"] - call["curve_seconds"] for call in chain["calls"])  # earlier calls' clock
     curve: list[dict] = chain["curve"]
     ends: dict[str, float] = chain["ends"]  # stage → clock seconds at its last epoch's end, curve time excluded
@@ -160,14 +165,22 @@ def run_one_seed(args: argparse.Namespace) -> dict:
 
     deadline = None
     if args.time_limit:
+        # marked before training: a call killed from outside (the device's cap) leaves this mark behind,
+        # and the next call refuses instead of resuming the killed call's checkpoints uncounted
+        run_dir.mkdir(parents=True, exist_ok=True)
+        chain_path.write_text(json.dumps({**chain, "open_call": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(START))}) + "\n")
         deadline = Deadline.after(args.time_limit * 60 - (time.time() - START))
     try:
         run = train(config, run_dir, progress=False, store=store, on_epoch_end=observe,
                     resume=bool(args.time_limit), deadline=deadline)
-    except TimeLimitReached as stop:
-        chain["calls"].append({"wall_seconds": round(time.time() - START, 1), "curve_seconds": round(side["seconds"], 1),
-                               "stopped": str(stop)})
-        chain_path.write_text(json.dumps(chain) + "\n")
+    except (TimeLimitReached, Exception) as stop:  # a failed call's time counts too, if the seed goes on
+        if args.time_limit:
+            chain["calls"].append({"wall_seconds": round(time.time() - START, 1),
+                                   "curve_seconds": round(side["seconds"], 1),
+                                   ("stopped" if isinstance(stop, TimeLimitReached) else "failed"): str(stop)})
+            chain_path.write_text(json.dumps({**chain, "open_call": None}) + "\n")
+        if not isinstance(stop, TimeLimitReached):
+            raise
         return {"seed": seed, "stopped": str(stop)}
     metrics = evaluate(run, scored, scored_split, name)
     calls = chain["calls"] + [{"wall_seconds": time.time() - START, "curve_seconds": side["seconds"]}]
@@ -184,7 +197,8 @@ def run_one_seed(args: argparse.Namespace) -> dict:
             "stage_seconds": {k: round(v, 1) for k, v in stage_seconds.items()},
             "epochs": {s.name: s.train.epochs for s in config.stages}, "train_images": len(store),
             "device": device_name(str(run.device)), "curve": curve, "method": "pipeline:" + "+".join(
-                s.method["name"] for s in config.stages), "dataset": name, "chained_calls": len(calls)}
+                s.method["name"] for s in config.stages), "dataset": name, "chained_calls": len(calls),
+            "head_selection": run.head_selection}
 
 
 def seed_environment(args: argparse.Namespace, caches: str) -> dict[str, str]:
@@ -229,7 +243,11 @@ def neighbour_agreement(run_dir: Path, store) -> float | None:
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = parse_args(argv, prog)
     if args.single_seed is not None:
-        result = run_one_seed(args)
+        try:
+            result = run_one_seed(args)
+        except UserError as error:
+            print(f"time_to_accuracy: error: {error}", file=sys.stderr)
+            return 2
         Path(args.result_file).write_text(json.dumps(result) + "\n")
         return EXIT_TIME_LIMIT if "stopped" in result else 0
     if args.time_limit and not args.run_dir:
@@ -293,7 +311,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         "per_seed": [{k: r[k] for k in ("seed", *keys, "wall_seconds", "curve_seconds", "stage_seconds",
                                         "neighbour_agreement")} for r in runs],
         "within_budget": all(r["wall_seconds"] - r["curve_seconds"] <= budget_s for r in runs),
-        "head_selection": "lowest_loss", "labels_used_in_training": False,
+        "head_selection": runs[0].get("head_selection", "lowest_loss"), "labels_used_in_training": False,
         "device": runs[0]["device"],
         "wall_seconds": round(statistics.mean(r["wall_seconds"] - r["curve_seconds"] for r in runs), 1),
         "wall_clock": f"from process spawn to the final {scored_split} evaluation, curve side channel excluded"

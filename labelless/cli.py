@@ -128,12 +128,24 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_result(run, metrics: dict, dataset: str, train_split: str) -> dict:
-    return {**{k: v for k, v in metrics.items() if k.isupper() or k in ("n", "k", "split", "dataset")},
+def _scores(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k.isupper() or k in ("n", "k", "split", "dataset")}
+
+
+def _run_result(run, metrics: dict, dataset: str, train_split: str, also: dict | None = None,
+                overrides: list[str] | None = None) -> dict:
+    """The JSON of `run`/`train` (RESULTS.md's fields): a single-stage config is named by its method,
+    a pipeline by its stages; `variant` = the config's name and the overrides it ran with."""
+    stages = run.config.stages
+    return {**_scores(metrics),
             "dataset": dataset, "train_split": train_split, "seconds": time.time() - START, "train_seconds": run.seconds,
-            "method": "pipeline:" + "+".join(s.method["name"] for s in run.config.stages),
-            "labels_used_in_training": (run.config.labelled_fraction is not None
-                                        or any(bool(s.method.get("uses_labels")) for s in run.config.stages)),
+            "method": (stages[0].method["name"] if len(stages) == 1
+                       else "pipeline:" + "+".join(s.method["name"] for s in stages)),
+            "epochs": stages[0].train.epochs if len(stages) == 1 else {s.name: s.train.epochs for s in stages},
+            "head_selection": run.head_selection,
+            "variant": " ".join([run.config.name, *(overrides or [])]),
+            **({"also_scored": {split: _scores(m) for split, m in also.items()}} if also else {}),
+            "labels_used_in_training": run.labels_used,
             **({"labelled_fraction": run.config.labelled_fraction} if run.config.labelled_fraction is not None else {}),
             "device": device_name(str(run.device)),
             "run_dir": str(run.run_dir)}
@@ -152,6 +164,9 @@ def _train_and_evaluate(config, args: argparse.Namespace, k_range: range | None 
     # loaded before training, so that a split that does not exist fails in a second, not after the run
     eval_store = store if eval_split == train_split else load_dataset(config.dataset.name, split=eval_split,
                                                                       root=config.dataset.root)
+    also_stores = {split: store if split == train_split else load_dataset(config.dataset.name, split=split,
+                                                                         root=config.dataset.root)
+                   for split in dict.fromkeys(args.also_score) if split != eval_split}
     if eval_split == "holdout" and train_split != "fit":
         print(f"warning: scored on 'holdout' after training on '{train_split}', which contains it; tune with "
               f"--set dataset.split=fit", file=sys.stderr)
@@ -166,9 +181,13 @@ def _train_and_evaluate(config, args: argparse.Namespace, k_range: range | None 
     run = train(config, args.run_dir, resume=args.resume, progress=not args.json, store=store,
                 k_range=k_range, deadline=deadline)
     metrics = evaluate(run, eval_store, eval_split, config.dataset.name, train_store=store)
+    also = {}
+    for split, other in also_stores.items():  # the training split is no kNN query set against itself
+        also[split] = evaluate(run, other, split, config.dataset.name, tag=f"-{split}",
+                               train_store=None if other is store else store)
     if not args.no_report:
         write_report(run.run_dir, store=eval_store, split=eval_split, device=str(run.device))
-    _print(_run_result(run, metrics, config.dataset.name, train_split), args.json)
+    _print(_run_result(run, metrics, config.dataset.name, train_split, also, getattr(args, "set", None)), args.json)
     return 0
 
 
@@ -456,6 +475,10 @@ def _add_chain_options(p: argparse.ArgumentParser) -> None:
                    help="stop at the last epoch end that fits in MIN minutes from the command's start, checkpoint, "
                         f"and exit {EXIT_TIME_LIMIT}; the same command with --resume continues (chains of "
                         "time-limited calls; every call trains at least one epoch)")
+    p.add_argument("--also-score", action="append", metavar="SPLIT", default=[],
+                   help="after training, score this split too (repeatable; e.g. train, for papers that report "
+                        "it): its metrics go to the JSON's also_scored, RUN_DIR/metrics-SPLIT.json and "
+                        "predictions-SPLIT.csv")
     p.add_argument("--no-report", action="store_true",
                    help="skip RUN_DIR/report.html (its t-SNE takes seconds to minutes); `labelless report RUN_DIR` "
                         "writes it later")

@@ -51,6 +51,15 @@ class Run:
     channels: int
     seconds: float = 0.0
     metrics: dict = field(default_factory=dict)
+    # how the scored head was chosen (RESULTS.md): "lowest_loss" when a stage trained several heads and
+    # kept the one with the lowest training loss, "single_head", or "none" for an embedding (k-means)
+    head_selection: str = "single_head"
+
+    @property
+    def labels_used(self) -> bool:
+        """True for weakly-supervised runs and supervised references: cluster c was trained as class c."""
+        return (self.config.labelled_fraction is not None
+                or any(bool(s.method.get("uses_labels")) for s in self.config.stages))
 
     @property
     def device(self) -> torch.device:
@@ -222,6 +231,7 @@ def train(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool 
     with torch.random.fork_rng(devices=[]):  # the check must not move the training's random stream
         build_pipeline(config, k if k is not None else k_range[0], store)
     previous: Method | None = None
+    several_heads = False
     for stage in config.stages:
         params = dict(stage.method)
         name = params.pop("name")
@@ -236,6 +246,8 @@ def train(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool 
         # a stage not reached before the interruption starts fresh, so one command (`train --resume`)
         # serves every call of a chain of time-limited calls, the first included
         previous = trainer.fit(method, resume=resume and trainer.checkpoint_path.is_file())
+        selector = getattr(previous, "selector", None)  # HeadSelector: the lowest-loss head of several
+        several_heads = several_heads or (selector is not None and selector.loss_sum.numel() > 1)
     if k is None:  # every stage learns an embedding only: K is for the k-means that evaluate runs
         k = choose_k(config, previous, store, k_range, run_dir, resume)
     if k_range is not None:
@@ -248,15 +260,23 @@ def train(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool 
                                                   "stages": [s.name for s in config.stages],
                                                   "labelled_images": 0 if labels is None else int((labels >= 0).sum())},
                                                  indent=2) + "\n")
-    return Run(config, run_dir, previous, k, store.image_size, store.channels, seconds=time.time() - start)
+    selection = ("lowest_loss" if several_heads else
+                 "none" if embedding_only(config.stages[-1].method["name"]) else "single_head")
+    return Run(config, run_dir, previous, k, store.image_size, store.channels, seconds=time.time() - start,
+               head_selection=selection)
 
 
-def evaluate(run: Run, store: ImageStore, split: str, dataset: str, train_store: ImageStore | None = None) -> dict:
-    """Predict every image of `store`, write `predictions.csv`, and score it when labels exist.
+def evaluate(run: Run, store: ImageStore, split: str, dataset: str, train_store: ImageStore | None = None,
+             tag: str = "") -> dict:
+    """Predict every image of `store`, write `predictions{tag}.csv`, and score it when labels exist
+    (`metrics{tag}.json`; a tag such as "-train" scores a second split without overwriting the first).
 
     Labels are read here and only here, after training; a multi-head method's head was chosen by its
     loss. A pure embedding method (no cluster head) is clustered by k-means on its normalised
-    embedding, and scored by weighted kNN (k 200, τ 0.1) with `train_store` as the labelled bank."""
+    embedding, and scored by weighted kNN (k 200, τ 0.1) with `train_store` as the labelled bank —
+    give `train_store` only when `store` is another split, or every query would find itself. When labels
+    trained the model (supervised, weakly-supervised) cluster c is class c: ACC is then the plain
+    accuracy and the Hungarian-matched one, never lower, is kept as ACC_HUNGARIAN."""
     start = time.time()
     if run.has_clusters:
         probabilities = run.probabilities(store.images)
@@ -265,23 +285,33 @@ def evaluate(run: Run, store: ImageStore, split: str, dataset: str, train_store:
     else:
         features = torch.nn.functional.normalize(run.embed(store.images), dim=1)
         predictions, probabilities = kmeans_predictions(features, run.k, run.config.seed), None
-    write_predictions(run.run_dir / "predictions.csv", predictions, probabilities)
+    write_predictions(run.run_dir / f"predictions{tag}.csv", predictions, probabilities)
     result: dict = {"dataset": dataset, "split": split, "n": len(store), "k": run.k}
     if store.labels is not None:
         labels = store.labels.cpu().numpy()
         probs = probabilities.numpy() if probabilities is not None else None
         result.update(cluster_metrics(labels, predictions.numpy(), probs, CONFIDENT_THRESHOLD if probs is not None else None))
+        if run.labels_used and run.has_clusters:
+            result["ACC_HUNGARIAN"] = result["ACC"]
+            result["ACC"] = float((predictions.numpy() == labels).mean())
         # kNN needs a bank other than the queries: a query finding itself would score 100%
         if features is not None and train_store is not None and train_store is not store \
                 and train_store.labels is not None:
-            bank = torch.nn.functional.normalize(run.embed(train_store.images), dim=1)
+            bank = run.method.knn_bank()
+            if bank is not None and len(bank) == len(train_store):  # the method's own (Super-AND: memory bank)
+                bank, result["knn_bank"] = bank.detach().float().cpu(), "the method's memory bank"
+            else:
+                bank, result["knn_bank"] = run.embed(train_store.images), "the training images, embedded"
+            bank = torch.nn.functional.normalize(bank, dim=1)
             result["KNN"] = knn_accuracy(bank, train_store.labels.cpu(), features, store.labels.cpu())
         heads = run.head_logits(store.images) if features is None else None
         if heads is not None and len(heads) > 1:  # evaluation-only diagnostic: how lucky was the loss's choice
             result["ACC_PER_HEAD"] = [round(cluster_metrics(labels, h.argmax(1).cpu().numpy())["ACC"], 4)
                                       for h in heads]
+    if train_store is not None and train_store.labels is not None:  # evaluation only: training has ended
+        result.update(run.method.diagnostics(train_store.labels.cpu(), run.run_dir))
     result["eval_seconds"] = time.time() - start
-    (run.run_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    (run.run_dir / f"metrics{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 

@@ -2,6 +2,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from labelless.cli import main
@@ -224,15 +225,29 @@ def test_weak_mode_scored_on_its_training_split_says_so(capsys, tmp_path):
     assert code == 0 and "labelled images are part of the score" in err
     result = json.loads(out)
     assert result["labels_used_in_training"] is True and result["labelled_fraction"] == 0.1
+    # labels trained cluster c as class c: ACC is the plain accuracy, the Hungarian one is kept beside it
+    from sklearn.datasets import load_digits
+
+    clusters = [int(line.split(",")[1]) for line in (tmp_path / "predictions.csv").read_text().splitlines()[1:]]
+    direct = float((np.array(clusters) == load_digits().target).mean())
+    assert result["ACC"] == pytest.approx(direct) and result["ACC_HUNGARIAN"] >= result["ACC"]
 
 
 def test_tuning_trains_on_fit_and_scores_the_unseen_holdout(capsys, tmp_path):
     code, out, err = run_cli(capsys, "run", "--dataset", "digits", "--device", "cpu", "--run-dir", str(tmp_path),
-                             "--split", "holdout", "--set", "dataset.split=fit", "--json",
+                             "--split", "holdout", "--set", "dataset.split=fit", "--json", "--also-score", "fit",
                              "--set", "stages.0.train.epochs=1", "--set", "stages.1.train.epochs=1")
     assert code == 0 and "warning" not in err
     result = json.loads(out)
     assert (result["n"], result["split"], result["train_split"]) == (180, "holdout", "fit")
+    # RESULTS.md's fields, and the training split scored too (--also-score) without overwriting the first
+    assert result["method"] == "pipeline:scan+selflabel" and result["epochs"] == {"cluster": 1, "selflabel": 1}
+    assert result["head_selection"] == "lowest_loss" and "ACC_HUNGARIAN" not in result
+    assert result["variant"] == "digits-default dataset.split=fit stages.0.train.epochs=1 stages.1.train.epochs=1"
+    fit = result["also_scored"]["fit"]
+    assert fit["n"] == 1617 and fit["split"] == "fit" and 0 < fit["ACC"] <= 1 and "KNN" not in fit
+    assert len((tmp_path / "predictions-fit.csv").read_text().splitlines()) == 1 + 1617
+    assert json.loads((tmp_path / "metrics-fit.json").read_text())["ACC"] == fit["ACC"]
     assert len((tmp_path / "predictions.csv").read_text().splitlines()) == 1 + 180
     # the predictions score the same through `evaluate` on the same split
     code, out, _ = run_cli(capsys, "evaluate", str(tmp_path), "--dataset", "digits", "--split", "holdout", "--json")

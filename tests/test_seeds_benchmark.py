@@ -24,6 +24,8 @@ def test_two_seeds_in_one_go_and_as_a_chain_of_calls_give_the_same_result(tmp_pa
     per_seed = [run["ACC"] for run in straight["per_seed"]]
     assert straight["seeds"] == [0, 1] and straight["metrics"]["ACC"] == sum(per_seed) / 2
     assert straight["labels_used_in_training"] is False and "chained_calls" not in straight["per_seed"][0]
+    assert straight["epochs"] == {"cluster": 1, "selflabel": 1} and straight["head_selection"] == "lowest_loss"
+    assert straight["variant"] == "digits-default stages.0.train.epochs=1 stages.1.train.epochs=1"
 
     out, codes = tmp_path / "chain.json", []
     for _ in range(10):  # far below one epoch: each call trains one epoch (or finishes a seed's last)
@@ -43,3 +45,13 @@ def test_two_seeds_in_one_go_and_as_a_chain_of_calls_give_the_same_result(tmp_pa
 def test_time_limit_without_a_run_root_is_refused(tmp_path):
     done = seeds("--seeds", "0", "--out", str(tmp_path / "x.json"), "--time-limit", "1")
     assert done.returncode == 2 and "needs --run-root" in done.stderr
+
+
+def test_a_call_killed_from_outside_is_not_resumed_uncounted(tmp_path):
+    """A chained call killed by the machine's cap leaves its mark (a call without a time) in the chain's
+    record: the next call refuses in one line instead of resuming with that call's time left out."""
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "seeds_chain.json").write_text(json.dumps({"0": {"calls": [12.5, None], "result": None}}))
+    done = seeds("--seeds", "0", "--out", str(tmp_path / "x.json"), "--time-limit", "5", "--run-root", str(tmp_path / "r"))
+    assert done.returncode == 2 and "was killed before it could record its time" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "x.json").exists()

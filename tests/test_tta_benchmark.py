@@ -77,6 +77,20 @@ def test_a_chained_seed_keeps_its_compile_cache_across_calls_but_not_across_chai
     shutil.rmtree(first.parent)
 
 
+def test_a_call_killed_from_outside_is_not_resumed_uncounted(tta, tmp_path, capsys):
+    """A call killed by the machine's cap (no exit 75) leaves its chain mark open: the next call refuses in
+    one line rather than resume the killed call's checkpoints with that call's time left out."""
+    seed_dir = tmp_path / "runs" / "seed0"
+    seed_dir.mkdir(parents=True)
+    (seed_dir / "tta_chain.json").write_text(json.dumps({"calls": [], "curve": [], "ends": {},
+                                                         "open_call": "2026-11-23T09:00:00Z"}))
+    code = tta.main(["--config", str(ROOT / "configs" / "mnist" / "fast.yaml"), "--time-limit", "9",
+                     "--run-dir", str(tmp_path / "runs"), "--single-seed", "0", "--result-file", str(tmp_path / "r.json")])
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and "was killed before it could record its time" in error and "\n" not in error
+    assert str(seed_dir) in error and not (tmp_path / "r.json").exists()
+
+
 def tiny_config(tmp_path: Path) -> Path:
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump({
@@ -140,6 +154,7 @@ def test_a_chain_of_time_limited_calls_gives_the_result_of_one_process(tmp_path)
         if done.returncode != 75:
             break
         assert "run the same command again" in done.stderr
+        assert json.loads((tmp_path / "chain" / "seed0" / "tta_chain.json").read_text())["open_call"] is None
     assert codes == [75, 75, 75, 0], done.stderr[-2000:]  # 4 epochs: the 4th call finishes and evaluates
     chained = json.loads(out.read_text())
     assert chained["metrics"] == straight["metrics"]

@@ -71,6 +71,18 @@ class Method(nn.Module):
         logits = self.cluster_logits(images)
         return None if logits is None else [logits]
 
+    def knn_bank(self) -> Tensor | None:
+        """The training images' features that weighted-kNN evaluation scores test queries against, row i
+        = image i of the store the method trained on (Super-AND: its memory bank, the paper's protocol).
+        None (default): `evaluate` embeds the training images with `embed`."""
+        return None
+
+    def diagnostics(self, labels: Tensor, run_dir: Path | None) -> dict:
+        """Evaluation-only figures that need the training images' labels (N int64, aligned with the
+        training store), e.g. Super-AND's per-round neighbourhood consistency. Called by `evaluate` after
+        training and never during it; nothing here may change the model. Default: none."""
+        return {}
+
     def labelled_logits(self, images: Tensor) -> list[Tensor] | None:
         """Weakly-supervised mode: differentiable N×K logits of every head on (un-augmented) labelled
         images, trained with cross-entropy so that cluster k is class k. None: the method has no
