@@ -122,16 +122,23 @@ def build_method(name: str, params: dict, *, k: int, store: ImageStore, previous
         raise UserError(f"{where}: {error}") from None
 
 
-def build_pipeline(config: RunConfig, k: int, store: ImageStore) -> Method:
+def build_pipeline(config: RunConfig, k: int, store: ImageStore, *, check_train: bool = False) -> Method:
     """Every stage's method, untrained, each given the previous one as `pretrained` exactly as training
-    does; returns the last. `train` builds it once before training (a stage that cannot follow the
-    previous one fails in a second, not after hours of the stages before it) and `load_run` to
-    rebuild a finished run. Only `store`'s channels and image size are read."""
+    does; returns the last. `train` builds it once before training, with `check_train` (a stage that
+    cannot follow the previous one, or whose train config contradicts the method's schedule, fails in a
+    second, not after hours of the stages before it) and `load_run` to rebuild a finished run
+    (unchecked: runs trained before a check existed still load). Only `store`'s channels and image size
+    are read."""
     method: Method | None = None
     for stage in config.stages:
         params = dict(stage.method)
         method = build_method(params.pop("name"), params, k=k, store=store, previous=method,
                               where=f"stage '{stage.name}'")
+        if check_train:
+            try:
+                method.check_train(stage.train)
+            except UserError as error:
+                raise UserError(f"stage '{stage.name}': {error}") from None
     return method
 
 
@@ -229,7 +236,7 @@ def train(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool 
     device = resolve_device(config.device)
     labels = _weak_labels(config, store, k)
     with torch.random.fork_rng(devices=[]):  # the check must not move the training's random stream
-        build_pipeline(config, k if k is not None else k_range[0], store)
+        build_pipeline(config, k if k is not None else k_range[0], store, check_train=True)
     previous: Method | None = None
     several_heads = False
     for stage in config.stages:

@@ -11,12 +11,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from labelless.data.stores import ImageStore
+
+if TYPE_CHECKING:
+    from labelless.config import TrainConfig
 
 
 @dataclass
@@ -70,6 +73,11 @@ class Method(nn.Module):
         """N×K logits of every head (multi-head methods), for the report. Default: the chosen head only."""
         logits = self.cluster_logits(images)
         return None if logits is None else [logits]
+
+    def check_train(self, train: TrainConfig) -> None:
+        """Refuse (UserError) a stage's train config that contradicts the method's own schedule
+        (Super-AND: rounds against lr restarts and steps, UE steps). Called when the pipeline is built,
+        before any stage trains. Default: any train config."""
 
     def knn_bank(self) -> Tensor | None:
         """The training images' features that weighted-kNN evaluation scores test queries against, row i

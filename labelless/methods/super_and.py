@@ -12,11 +12,16 @@ of nearest-neighbour pairs, an entropy term that pulls neighbours together and a
 - Rounds of `epochs_per_round` epochs (5 × 200). Round 0 is instance discrimination. At the start of
   round r ≥ 1 the ⌊0.25·r·N⌋ samples whose bank entropy (memory against memory, self included, Eq. 9)
   is lowest are selected, each with its single nearest bank neighbour, fixed for the round (Eq. 7–8).
-  The selected pairs go to `RUN_DIR/artefacts/round_<r>_pairs.pt` (P×2 store rows) so that evaluation
-  code can score the neighbourhood consistency (the paper's Fig. 4); labels never reach this method.
+  The selected pairs go to `RUN_DIR/artefacts/round_<r>_pairs.pt` (P×2 store rows: anchor, neighbour);
+  after training, `diagnostics` scores their neighbourhood consistency (the paper's Fig. 4) — labels
+  reach only that evaluation hook, never training.
 - L_and (Eq. 10), L_ue (Eq. 11–12, weight w = 0.2·⌊epoch-in-round/80⌋) and L_aug (Eq. 13–14: ISIF on
   the normalised relationship vectors r_i, each view's bank logits) — see `labelless.losses.neighbourhood`.
-- The lr schedule restarts every round: the config sets `train.restart_every: 200`.
+- The lr schedule restarts every round: the config sets `train.restart_every: 200`. The round length,
+  the lr restarts and steps and the UE steps are separate keys; `check_train` refuses a stage whose
+  schedules the rounds would cut (e.g. rounds of 40 epochs with the UE weight's first step at 80).
+- kNN evaluation (k 200, τ 0.1) scores test queries against the memory bank as the training features,
+  as the released code does (`knn_bank: memory`); `knn_bank: embed` embeds the training images instead.
 
 Where the paper and the released code differ, the code's choice is the default (VERIFIED-DETAILS.md);
 `ue`, `aug_loss` and `sobel` switch components off for the paper's ablations (Table 4).
@@ -24,11 +29,13 @@ Where the paper and the released code differ, the code's choice is the default (
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from labelless.config import TrainConfig
 from labelless.data.augment import Augment, normalize
 from labelless.data.augment import sobel as sobel_gradients
 from labelless.errors import UserError
@@ -42,6 +49,7 @@ from labelless.train import all_gather_tensor, distributed_info
 # The authors' training transform (both Super-AND and TwoStageUC): RandomResizedCrop(32, scale 0.2–1),
 # ColorJitter(0.4, 0.4, 0.4, 0.4) applied always, RandomGrayscale(0.2), RandomHorizontalFlip.
 PAPER_AUGMENT_OPTIONS = {"scale": (0.2, 1.0), "jitter": (0.4, 0.4, 0.4, 0.4), "jitter_p": 1.0, "grayscale_p": 0.2}
+KNN_BANKS = ("memory", "embed")
 
 
 class TwoTrunkEncoder(nn.Module):
@@ -97,10 +105,12 @@ class SuperAND(Method):
                  select_rate: float = 0.25, neighbourhood_size: int = 1, ue: bool = True,
                  ue_weight_step: float = 0.2, ue_weight_every: int = 80, ue_exclude_self: bool = True,
                  aug_loss: bool = True, aug_temperature: float = 0.1, augment: str = "simclr",
-                 augment_options: dict | None = None) -> None:
+                 augment_options: dict | None = None, knn_bank: str = "memory") -> None:
         super().__init__()
         if pretrained is not None:
             raise UserError("super_and learns its encoder from scratch: put it first in the pipeline")
+        if knn_bank not in KNN_BANKS:
+            raise UserError(f"super_and's knn_bank must be one of {', '.join(KNN_BANKS)}, got {knn_bank!r}")
         self.encoder = TwoTrunkEncoder(backbone, in_channels, image_size, embedding_dim, sobel, mean, std)
         self.memory = MemoryBank(embedding_dim, memory_momentum)
         self.augment = paper_augment(image_size, in_channels, augment, augment_options)
@@ -109,12 +119,42 @@ class SuperAND(Method):
         self.neighbourhood_size = neighbourhood_size
         self.ue, self.ue_weight_step, self.ue_weight_every = ue, ue_weight_step, ue_weight_every
         self.ue_exclude_self, self.aug_loss = ue_exclude_self, aug_loss
+        self.knn_source = knn_bank  # not `self.knn_bank`: that name is the evaluation hook
         self.ue_weight = 0.0
         # N×size bank rows of each sample's neighbourhood, −1 where the sample is not selected
         self.neighbours: Tensor | None = None
         self.neighbour_round = 0  # the round whose selection `neighbours` holds (0: none)
 
     # ---------------------------------------------------------------- rounds
+    def check_train(self, train: TrainConfig) -> None:
+        """Refuse (UserError) a stage schedule that the rounds would cut short, before it trains.
+
+        The round length (`epochs_per_round`), the lr schedule's restarts and steps (`train.restart_every`,
+        `step_start`/`step_size` or `milestones`) and the UE steps (`ue_weight_every`) are separate keys:
+        changing only the first would train with the UE weight stuck at 0, or an lr that never drops, or
+        restarts out of step with the rounds — silently. With more than one round the lr schedule must
+        restart with each round, and a UE step or lr drop that the run is long enough to reach must fall
+        inside a round. (Runs shorter than a schedule's first step, like the tiny test runs, may stop
+        before it: that is a truncated run, not a cut one.)"""
+        rounds = self.epochs_per_round
+        two_fifths, fifth = max(1, round(0.4 * rounds)), max(1, round(0.2 * rounds))
+        scaled = (f"for rounds of {rounds} epochs in the paper's proportions (UE steps at 80 and 160 of 200, lr drops "
+                  f"at 120 and 160) set train.restart_every={rounds} train.step_start={two_fifths} "
+                  f"train.step_size={fifth} method.ue_weight_every={two_fifths}")
+        period = train.restart_every or train.epochs
+        if train.epochs > rounds and period != rounds:
+            raise UserError(f"super_and runs rounds of {rounds} epochs but the lr schedule restarts every {period}: "
+                            f"{scaled}")
+        if self.ue and rounds <= self.ue_weight_every < train.epochs:
+            raise UserError(f"super_and's UE weight would stay 0: its first step (ue_weight_every "
+                            f"{self.ue_weight_every}) comes after the round ends (epochs_per_round {rounds}); {scaled}"
+                            f", or method.ue=false")
+        first_drop = {"step": train.step_start + train.step_size,
+                      "multistep": train.milestones[0] if train.milestones else None}.get(train.schedule)
+        if first_drop is not None and rounds <= first_drop < train.epochs:
+            raise UserError(f"super_and's lr would never drop: the schedule's first drop (epoch {first_drop}) "
+                            f"comes after the round ends (epochs_per_round {rounds}); {scaled}")
+
     def on_epoch_start(self, epoch: int, ctx: EpochContext) -> None:
         n = len(ctx.store)
         if len(self.memory) == 0:
@@ -168,6 +208,42 @@ class SuperAND(Method):
     def embed(self, images: Tensor) -> Tensor:
         """The 128-d unit embedding v."""
         return predict_in_batches(self.encoder, images)
+
+    def knn_bank(self) -> Tensor | None:
+        """The memory bank (N×128, row i = training image i), which kNN evaluation scores test queries
+        against: "memory bank as the training features" (VERIFIED-DETAILS.md, the released code's kNN).
+        None with `knn_bank: embed`, or before training has filled the bank."""
+        if self.knn_source != "memory" or len(self.memory) == 0:
+            return None
+        return self.memory.memory
+
+    @torch.no_grad()
+    def diagnostics(self, labels: Tensor, run_dir: Path | None) -> dict:
+        """Neighbourhood consistency per round (the paper's Fig. 4), evaluation only: for round r ≥ 1, the
+        fraction of the selected pairs (i, j) — anchor i and each neighbour j ∈ N(i), read from
+        `run_dir/artefacts/round_<r>_pairs.pt` — whose labels agree, labels[i] = labels[j]. With one
+        neighbour (the default) that is the fraction of selected samples whose nearest bank neighbour
+        shares their class. Pairs with an unlabelled member (label −1) do not count. Returns
+        {"neighbourhood_consistency": {"1": …, "2": …}}, or {} when no round file exists or `labels` does
+        not describe the training store (its length is not the bank's). A round without a scorable pair
+        is left out; so are files of rounds after the last one this method ran (left by an earlier,
+        longer run in the same directory). Reads files only: the model is untouched."""
+        if run_dir is None or (len(self.memory) and len(labels) != len(self.memory)):
+            return {}
+        labels = labels.cpu()
+        consistency = {}
+        for path in (Path(run_dir) / "artefacts").glob("round_*_pairs.pt"):
+            round_ = path.name[len("round_"):-len("_pairs.pt")]
+            if not round_.isdigit() or 0 < self.neighbour_round < int(round_):
+                continue
+            pairs = torch.load(path, map_location="cpu", weights_only=True)  # P×2: anchor, neighbour
+            anchor, neighbour = labels[pairs[:, 0]], labels[pairs[:, 1]]
+            known = (anchor >= 0) & (neighbour >= 0)  # −1 marks an unlabelled image
+            if known.any():
+                consistency[int(round_)] = float((anchor == neighbour)[known].float().mean())
+        if not consistency:
+            return {}
+        return {"neighbourhood_consistency": {str(r): consistency[r] for r in sorted(consistency)}}
 
     def state_for_checkpoint(self) -> dict:
         return {"neighbours": None if self.neighbours is None else self.neighbours.cpu(),
