@@ -153,7 +153,8 @@ def top5_accuracy(labels: ArrayLike, probabilities: ArrayLike, top: int = 5) -> 
 
 
 def confident_accuracy(labels: ArrayLike, probabilities: ArrayLike, threshold: float) -> tuple[float, float]:
-    """(CONFIDENT_FRACTION, ACC_CONFIDENT): the samples whose top probability is ≥ `threshold`.
+    """(CONFIDENT_FRACTION, ACC_CONFIDENT): the samples whose top probability exceeds `threshold` (LSD-C:
+    "max probability > 0.9").
 
     The accuracy on the confident samples uses the Hungarian mapping fitted on *all* samples'
     argmax clusters, so it measures the same clustering as ACC restricted to a subset (refitting
@@ -162,7 +163,7 @@ def confident_accuracy(labels: ArrayLike, probabilities: ArrayLike, threshold: f
     true = _as_labels(labels, "labels")
     probs = _as_probabilities(probabilities, len(true))
     predictions = probs.argmax(axis=1)
-    confident = probs.max(axis=1) >= threshold
+    confident = probs.max(axis=1) > threshold
     fraction = float(confident.mean())
     if not confident.any():
         return fraction, math.nan

@@ -81,10 +81,12 @@ def test_top5_and_confident_accuracy_on_hand_made_probabilities() -> None:
     assert top5_accuracy(labels, probabilities, top=2) == pytest.approx(3 / 4)  # 4th: clusters 0, 1
     assert top5_accuracy(labels, probabilities, top=3) == 1.0
     assert top5_accuracy(torch.tensor(labels), torch.tensor(probabilities).bfloat16(), top=1) == pytest.approx(3 / 4)
-    fraction, accuracy = confident_accuracy(labels, probabilities, threshold=0.8)
+    fraction, accuracy = confident_accuracy(labels, probabilities, threshold=0.75)
     assert (fraction, accuracy) == (pytest.approx(3 / 4), 1.0)
-    metrics = cluster_metrics(labels, probabilities.argmax(1), probabilities, confident_threshold=0.8)
+    metrics = cluster_metrics(labels, probabilities.argmax(1), probabilities, confident_threshold=0.75)
     assert metrics["CONFIDENT_FRACTION"] == pytest.approx(3 / 4) and metrics["ACC_CONFIDENT"] == 1.0
+    # "max probability > 0.9" (LSD-C): a probability equal to the threshold is not confident
+    assert confident_accuracy(labels, probabilities, threshold=0.8) == (pytest.approx(1 / 4), 1.0)
     fraction, accuracy = confident_accuracy(labels, probabilities, threshold=0.95)
     assert fraction == 0.0 and math.isnan(accuracy)
     assert "ACC_CONFIDENT" not in cluster_metrics(labels, probabilities.argmax(1), probabilities, 0.95)
