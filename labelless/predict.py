@@ -19,7 +19,7 @@ import os
 import shutil
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +86,68 @@ def load_run(path: str | os.PathLike, device: str = "cpu") -> Run:
     _load_weights(method, tensors, weights)
     method.to(resolve_device(device)).eval()
     return Run(info.config, info.root, method, info.k, info.image_size, info.channels)
+
+
+def stage_weights(info: RunInfo, stage: str) -> Path:
+    """Where the trained weights of stage `stage` of a run are: `checkpoints/<stage>.safetensors`, which
+    the Trainer writes when the stage has finished (its EMA weights where it kept one); for the last
+    stage, also `model.safetensors` (the same weights; an exported trio has only it). A UserError names
+    the run's stages for an unknown one, and says so for an unfinished one."""
+    names = [s.name for s in info.config.stages]
+    if stage not in names:
+        raise UserError(f"run '{folder._shown(str(info.root))}' has no stage '{stage}': its stages are "
+                        f"{', '.join(names)}")
+    path = info.root / "checkpoints" / f"{stage}.safetensors"
+    if path.is_file():
+        return path
+    if stage == names[-1] and (info.root / "model.safetensors").is_file():
+        return info.root / "model.safetensors"
+    checkpoint = info.root / "checkpoints" / f"{stage}.pt"
+    unfinished = f" ({checkpoint.name} exists: the stage has not finished; resume the run)" if checkpoint.is_file() else ""
+    raise UserError(f"stage '{stage}' of run '{folder._shown(str(info.root))}' has no trained weights: "
+                    f"{path} is missing{unfinished}")
+
+
+def load_stage(path: str | os.PathLike, stage: str, device: str = "cpu", store: ImageStore | None = None) -> Run:
+    """The run at `path` rebuilt up to its stage `stage` (a stage name of its config.yaml), with that
+    stage's trained weights (`stage_weights`), on `device` in eval mode; the stages after it are not
+    built. For evaluating an earlier stage of a multi-stage run, e.g. k-means on the RotNet features
+    before LSD-C clusters them (issue 5). The stages before it are built untrained as `load_run` builds
+    them (a stage may deep-copy parts of its predecessor); the stage's weights overwrite all of that.
+
+    A run whose later stages are still training (a chain of time-limited calls) has no run.json yet:
+    given `store` (images of the run's dataset), its image size and channels stand in, and K is the
+    one `--k auto` chose (k_selection.json), else config.k, else the store's class count."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    root = Path(path)
+    if store is not None and root.is_dir() and (root / "config.yaml").is_file() and not (root / "run.json").is_file():
+        info = _unfinished_run_info(root, store)
+    else:
+        info = read_run_info(path)
+    weights = stage_weights(info, stage)
+    index = [s.name for s in info.config.stages].index(stage)
+    config = replace(info.config, stages=info.config.stages[:index + 1])
+    placeholder = ImageStore(torch.zeros(1, *info.image_size, info.channels, dtype=torch.uint8))
+    method = build_pipeline(config, info.k, placeholder)
+    try:
+        tensors = load_file(str(weights))
+    except (SafetensorError, OSError) as error:
+        raise UserError(f"{weights} cannot be read: {error}") from None
+    _load_weights(method, tensors, weights)
+    method.to(resolve_device(device)).eval()
+    return Run(config, info.root, method, info.k, info.image_size, info.channels)
+
+
+def _unfinished_run_info(root: Path, store: ImageStore) -> RunInfo:
+    config = load_config(root / "config.yaml")
+    chosen = root / "k_selection.json"
+    k = json.loads(chosen.read_text())["k"] if chosen.is_file() else config.k or store.num_classes
+    if k is None:
+        raise UserError(f"run '{folder._shown(str(root))}' has no run.json yet and nothing says its K "
+                        f"(no k in config.yaml, no labels in the dataset)")
+    return RunInfo(root, config, int(k), tuple(store.image_size), store.channels)
 
 
 def _load_weights(method: Method, tensors: dict[str, Tensor], source: Path) -> None:
