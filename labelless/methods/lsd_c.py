@@ -23,6 +23,7 @@ the clean image, which transposes the mixed part of the target).
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable
 from functools import partial
 
@@ -132,6 +133,13 @@ class LSDC(Method):
         self.augment = Augment("weak", size=image_size, channels=in_channels, padding_mode=padding_mode,
                                flip_p=0.5 if flip else 0.0)
         self.epoch = 0
+
+    def check_train(self, train) -> None:
+        """The supplement trains MixUp with weight decay 1e-4 (RICAP with 5e-4): say so when a MixUp
+        stage keeps another value — a warning, since a user may mean it."""
+        if self.data_mix == "mixup" and train.weight_decay != 1e-4:
+            warnings.warn(f"lsd_c with data_mix: mixup trains with weight decay {train.weight_decay:g}; the "
+                          f"supplement's MixUp runs use 1e-4 (train.weight_decay=1e-4)", stacklevel=2)
 
     def on_epoch_start(self, epoch: int, ctx: EpochContext) -> None:
         if self.knn_k is not None and self.knn_k > ctx.batch_size:

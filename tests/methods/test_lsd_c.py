@@ -4,6 +4,7 @@ mixed views share their mix."""
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -150,3 +151,14 @@ def test_rotnet_predicts_rotations_above_chance(digits):
     rotated, rotations = rotnet_batch(digits.batch(torch.arange(1000, 1400)))  # held-out digits
     accuracy = (method.rotation_logits(rotated).argmax(1) == rotations).float().mean()
     assert accuracy > 0.6  # chance: 0.25
+
+
+def test_mixup_with_another_weight_decay_than_the_supplements_warns():
+    from labelless.config import TrainConfig
+
+    with pytest.warns(UserWarning, match="MixUp runs use 1e-4"):
+        tiny_lsdc(data_mix="mixup").check_train(TrainConfig(weight_decay=5e-4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tiny_lsdc(data_mix="mixup").check_train(TrainConfig(weight_decay=1e-4))
+        tiny_lsdc(data_mix="ricap").check_train(TrainConfig(weight_decay=5e-4))
