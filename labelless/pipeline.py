@@ -315,6 +315,10 @@ def evaluate(run: Run, store: ImageStore, split: str, dataset: str, train_store:
         if heads is not None and len(heads) > 1:  # evaluation-only diagnostic: how lucky was the loss's choice
             result["ACC_PER_HEAD"] = [round(cluster_metrics(labels, h.argmax(1).cpu().numpy())["ACC"], 4)
                                       for h in heads]
+    selector = getattr(run.method, "selector", None)  # HeadSelector: what chose the scored head, label-free
+    if selector is not None and selector.loss_sum.numel() > 1:
+        result["chosen_head"] = selector.chosen
+        result["head_losses"] = [round(float(v), 6) for v in selector.mean_losses]
     if train_store is not None and train_store.labels is not None:  # evaluation only: training has ended
         result.update(run.method.diagnostics(train_store.labels.cpu(), run.run_dir))
     result["eval_seconds"] = time.time() - start

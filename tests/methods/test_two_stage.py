@@ -17,7 +17,7 @@ from labelless.data.stores import ImageStore
 from labelless.errors import UserError
 from labelless.methods.two_stage import TwoStageUC
 from labelless.nn.heads import NormFCHeads
-from labelless.pipeline import train
+from labelless.pipeline import evaluate, train
 from labelless.train import Trainer
 
 N, K = 256, 10
@@ -77,6 +77,11 @@ def test_stage2_alone_trains_the_encoder_only_and_picks_the_lowest_loss_head(sto
 def test_pipeline_hands_over_and_resumes_exactly_across_the_stage_boundary(store, tmp_path):
     straight = train(load_config(pipeline_config()), tmp_path / "straight", progress=False, store=store)
     assert (tmp_path / "straight" / "artefacts" / "round_1_pairs.pt").is_file()
+    # the report's head fields: all five heads' ACC, and the label-free choice with the losses behind it
+    scored = evaluate(straight, store, "test", "cifar10")
+    assert straight.head_selection == "lowest_loss" and len(scored["ACC_PER_HEAD"]) == 5
+    assert scored["chosen_head"] == straight.method.selector.chosen
+    assert scored["chosen_head"] == min(range(5), key=scored["head_losses"].__getitem__)
     assert len(torch.load(tmp_path / "straight" / "artefacts" / "round_1_pairs.pt")) == N // 4
     stage1 = load_file(str(tmp_path / "straight" / "checkpoints" / "super_and.safetensors"))
     assert not torch.equal(stage1["encoder.projection.weight"], straight.method.encoder.projection.weight)
