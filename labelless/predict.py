@@ -71,21 +71,25 @@ def read_run_info(path: str | os.PathLike) -> RunInfo:
 
 def load_run(path: str | os.PathLike, device: str = "cpu") -> Run:
     """The run at `path` (see `read_run_info`), its final method on `device` in eval mode."""
+    info = read_run_info(path)
+    return _rebuilt(info, info.config, info.root / "model.safetensors", device)
+
+
+def _rebuilt(info: RunInfo, config: RunConfig, weights: Path, device: str) -> Run:
+    """`config`'s pipeline built untrained for `info`'s input, `weights` loaded, on `device` in eval mode."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    info = read_run_info(path)
     # build_pipeline reads only the channels and the input size of the store: one blank image carries them
     placeholder = ImageStore(torch.zeros(1, *info.image_size, info.channels, dtype=torch.uint8))
-    method = build_pipeline(info.config, info.k, placeholder)
-    weights = info.root / "model.safetensors"
+    method = build_pipeline(config, info.k, placeholder)
     try:
         tensors = load_file(str(weights))
     except (SafetensorError, OSError) as error:
         raise UserError(f"{weights} cannot be read: {error}") from None
     _load_weights(method, tensors, weights)
     method.to(resolve_device(device)).eval()
-    return Run(info.config, info.root, method, info.k, info.image_size, info.channels)
+    return Run(config, info.root, method, info.k, info.image_size, info.channels)
 
 
 def stage_weights(info: RunInfo, stage: str) -> Path:
@@ -118,9 +122,6 @@ def load_stage(path: str | os.PathLike, stage: str, device: str = "cpu", store: 
     A run whose later stages are still training (a chain of time-limited calls) has no run.json yet:
     given `store` (images of the run's dataset), its image size and channels stand in, and K is the
     one `--k auto` chose (k_selection.json), else config.k, else the store's class count."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     root = Path(path)
     if store is not None and root.is_dir() and (root / "config.yaml").is_file() and not (root / "run.json").is_file():
         info = _unfinished_run_info(root, store)
@@ -128,16 +129,7 @@ def load_stage(path: str | os.PathLike, stage: str, device: str = "cpu", store: 
         info = read_run_info(path)
     weights = stage_weights(info, stage)
     index = [s.name for s in info.config.stages].index(stage)
-    config = replace(info.config, stages=info.config.stages[:index + 1])
-    placeholder = ImageStore(torch.zeros(1, *info.image_size, info.channels, dtype=torch.uint8))
-    method = build_pipeline(config, info.k, placeholder)
-    try:
-        tensors = load_file(str(weights))
-    except (SafetensorError, OSError) as error:
-        raise UserError(f"{weights} cannot be read: {error}") from None
-    _load_weights(method, tensors, weights)
-    method.to(resolve_device(device)).eval()
-    return Run(config, info.root, method, info.k, info.image_size, info.channels)
+    return _rebuilt(info, replace(info.config, stages=info.config.stages[:index + 1]), weights, device)
 
 
 def _unfinished_run_info(root: Path, store: ImageStore) -> RunInfo:
