@@ -12,8 +12,8 @@ uses the global RNG of the data's device. The same seed gives the same batch. No
 tensor's value on the host, so no op synchronises the device.
 
 Semantics follow torchvision where they can (cited per op); the deviations are stated in the op's
-docstring: bilinear resampling without antialiasing, hue as a YIQ chroma rotation, and per-sample
-(not per-batch) mixup and RICAP parameters.
+docstring: bilinear resampling without antialiasing and hue as a YIQ chroma rotation. mixup and RICAP
+draw their mixing parameters once per batch, as their papers do (`per="sample"`: one per sample).
 
 `Augment(recipe, size, channels)` bundles the named recipes of `AUGMENTS` (`weak`, `simclr`,
 `strong`, `rotnet`, `affine`, `none`, each with an optional `+sobel` suffix).
@@ -595,32 +595,49 @@ def rand_augment(x: Tensor, num_ops: int = 2, fill: float = 0.5, g: torch.Genera
 # ---------------------------------------------------------------------------------------- mixing
 
 
-def mixup(x: Tensor, alpha: float = 0.3, g: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """mixup (Zhang et al. 2018): x̃ = λ·x + (1−λ)·x[perm], λ ~ Beta(α, α) drawn *per sample* (the paper
-    draws one per batch). Returns (x̃, perm N, λ N); mix targets as λ·y + (1−λ)·y[perm]."""
+MIX_PER = ("batch", "sample")
+
+
+def _mix_draws(n: int, per: str) -> int:
+    """How many mixing parameters (mixup's λ, RICAP's boundary) a batch of n images draws."""
+    if per not in MIX_PER:
+        raise ValueError(f"per must be one of {', '.join(MIX_PER)}, got {per!r}")
+    return n if per == "sample" else 1
+
+
+def mixup(x: Tensor, alpha: float = 0.3, g: torch.Generator | None = None,
+          per: str = "batch") -> tuple[Tensor, Tensor, Tensor]:
+    """mixup (Zhang et al. 2018): x̃ = λ·x + (1−λ)·x[perm], λ ~ Beta(α, α) drawn once per batch, as
+    the paper's training code (its Figure 1a) does; `per="sample"` draws one λ per sample. Returns
+    (x̃, perm N, λ N); mix targets as λ·y + (1−λ)·y[perm]."""
     n = x.shape[0]
-    lam = sample_beta((n,), alpha, alpha, g, x.device)
+    lam = sample_beta((_mix_draws(n, per),), alpha, alpha, g, x.device).expand(n)
     perm = _rand((n,), g, x.device).argsort()
     weight = lam.to(x.dtype).view(-1, 1, 1, 1)
     return weight * x + (1 - weight) * x[perm], perm, lam
 
 
 def ricap(x: Tensor, beta: float = 0.3, g: torch.Generator | None = None,
-          layout: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+          layout: tuple[Tensor, Tensor] | None = None, per: str = "batch") -> tuple[Tensor, Tensor, Tensor]:
     """RICAP (Takahashi et al. 2018): each output is tiled from four crops of four images, split at a
-    boundary (w, h) = round(W·Beta(β, β)), round(H·Beta(β, β)) — drawn per sample here (the paper: per
-    batch) — each crop taken at a uniformly random position of its source image.
+    boundary (w, h) = round(W·Beta(β, β)), round(H·Beta(β, β)), each crop taken at a uniformly random
+    position of its source image. The boundary is drawn once per batch, as in the paper and the LSD-C
+    supplement ("sample the width and height of crops for each minibatch", Rebuffi et al. 2020), so
+    every output shares the tile sizes; `per="sample"` draws one boundary per sample. Crop positions
+    are drawn per sample either way (the LSD-C authors' code: one per tile and batch).
 
     Returns (x̃, perms 4×N, weights N×4): tile q of sample n comes from image perms[q, n] and covers
     the fraction weights[n, q] of the image (tiles: top-left, top-right, bottom-left, bottom-right);
     mix targets as Σ_q weights[:, q]·y[perms[q]]. One gather builds the whole batch.
 
     `layout` = (perms, weights) of an earlier call on a batch of the same shape keeps its tile sizes
-    and source images and draws only new crop positions: LSD-C's two RICAP views (Rebuffi et al. 2020)."""
+    (however they were drawn; `per` is then unused) and source images and draws only new crop
+    positions: LSD-C's two RICAP views (Rebuffi et al. 2020)."""
     n, _, height, width = x.shape
     if layout is None:
-        split_w = (sample_beta((n,), beta, beta, g, x.device) * width).round().long()
-        split_h = (sample_beta((n,), beta, beta, g, x.device) * height).round().long()
+        draws = _mix_draws(n, per)
+        split_w = (sample_beta((draws,), beta, beta, g, x.device) * width).round().long().expand(n)
+        split_h = (sample_beta((draws,), beta, beta, g, x.device) * height).round().long().expand(n)
         perms = _rand((4, n), g, x.device).argsort(1)  # perms: 4×N
     else:  # the top-left and top-right tiles span split_h/H of the image, top-left and bottom-left split_w/W
         perms, earlier = layout

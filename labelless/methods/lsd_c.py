@@ -12,13 +12,16 @@ RICAP-mixed (targets mixed by patch area), plus a ramped MSE consistency between
 Defaults are the authors' released code (srebuffi/lsd-clusters; VERIFIED-DETAILS.md) for CIFAR-10:
 kNN k = 20, λ = 5, T = 100, frozen stem + layers 1–3 of ResNet-18 with their BatchNorm layers still in
 train mode, three pad-and-crop + flip views (zero padding) of each image, RICAP with Beta(0.3, 0.3)
-whose two views share tile sizes and sources but draw their own crop positions. Every choice the
-supplement ablates is a switch: `trainable_from`, `head`, `labelling`, `data_mix`, `consistency_weight`.
+and one tile boundary per batch ("for each minibatch", supplement §1) whose two views share tile sizes
+and sources but draw their own crop positions. Every choice the supplement ablates is a switch:
+`trainable_from`, `head`, `labelling`, `data_mix`, `consistency_weight`; `mix_per: sample` draws the
+RICAP boundary (or mixup's λ) per sample instead.
 
-Two deliberate differences from the code: RICAP's boundary is drawn per sample (the code: per batch,
-keeping the original image in any tile larger than a quarter), and the pair targets of a mixed image are
-mixed over its *own* tile sources, t_ij = Σ_q w_iq·ℓ[src_q(i), j] (the code indexes the permutation by
-the clean image, which transposes the mixed part of the target).
+Two deliberate differences from the code: RICAP draws each tile's crop position per sample and every
+tile's sources by a permutation (the code: crop positions per tile and batch, and the original image kept
+in any tile larger than a quarter), and the pair targets of a mixed image are mixed over its *own* tile
+sources, t_ij = Σ_q w_iq·ℓ[src_q(i), j] (the code indexes the permutation by the clean image, which
+transposes the mixed part of the target).
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from labelless.data.augment import Augment, mixup, ricap
+from labelless.data.augment import MIX_PER, Augment, mixup, ricap
 from labelless.errors import UserError
 from labelless.losses.pairwise import (cosine_pair_labels, knn_pair_labels, mix_pair_targets, pair_bce_loss,
                                        sigmoid_rampup, sne_pair_labels)
@@ -76,19 +79,21 @@ def build_head(in_features: int, k: int, head: str) -> nn.Module:
     return nn.Sequential(nn.Linear(in_features, in_features), nn.ReLU(inplace=True), nn.Linear(in_features, k))
 
 
-def mixed_views(first: Tensor, second: Tensor, data_mix: str, beta: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def mixed_views(first: Tensor, second: Tensor, data_mix: str, beta: float,
+                per: str = "batch") -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Two mixed views that share the mix (tile sizes and sources, or mixing weights and partners), and
     how row i of them is composed: (mixed₁, mixed₂, sources Q×N, weights N×Q), for `mix_pair_targets`.
     RICAP draws each view's crop positions anew; mixup mixes the two views channel-stacked, so one draw
-    of λ and partner serves both; `none` returns the views unmixed."""
+    of λ and partner serves both; `none` returns the views unmixed. `per`: one RICAP boundary or λ per
+    batch (the papers') or per sample."""
     n = first.shape[0]
     identity = torch.arange(n, device=first.device)
     if data_mix == "ricap":
-        mixed, perms, weights = ricap(first, beta)
+        mixed, perms, weights = ricap(first, beta, per=per)
         other, _, _ = ricap(second, beta, layout=(perms, weights))
         return mixed, other, perms, weights
     if data_mix == "mixup":
-        stacked, perm, lam = mixup(torch.cat([first, second], 1), beta)
+        stacked, perm, lam = mixup(torch.cat([first, second], 1), beta, per=per)
         mixed, other = stacked.split(first.shape[1], 1)
         return mixed, other, torch.stack([identity, perm]), torch.stack([lam, 1 - lam], 1)
     return first, second, identity[None], torch.ones(n, 1, device=first.device)
@@ -101,7 +106,7 @@ class LSDC(Method):
                  backbone: str = "resnet18", trainable_from: int = -1, frozen_batchnorm: str = "train",
                  head: str = "linear", labelling: str = "knn", knn_k: int = 20, cosine_threshold: float = 0.9,
                  sne_threshold: float = 0.01, sne_temperature: float = 1.0, consistency_weight: float = 5.0,
-                 rampup_epochs: int = 100, data_mix: str = "ricap", mix_beta: float = 0.3,
+                 rampup_epochs: int = 100, data_mix: str = "ricap", mix_beta: float = 0.3, mix_per: str = "batch",
                  padding_mode: str = "constant", flip: bool = True) -> None:
         """`pretrained`: the RotNet stage, whose backbone is copied (None: `backbone` from scratch, for
         tests). `trainable_from`: first trained block (ResNet blocks are stem, layer1…layer4: −1 = layer4
@@ -109,11 +114,12 @@ class LSDC(Method):
         `labelling` picks the pair pseudo-labels and its hyper-parameters (`knn_k`; `cosine_threshold`;
         `sne_threshold`, `sne_temperature`). `consistency_weight` λ (0 = the "w/o MSE" ablation) and
         `rampup_epochs` T shape the MSE weight. `data_mix`: ricap | mixup | none, with Beta(`mix_beta`,
-        `mix_beta`) (the supplement's mixup needs weight decay 1e-4: set it in the stage's train).
+        `mix_beta`) (the supplement's mixup needs weight decay 1e-4: set it in the stage's train), drawn
+        `mix_per` batch (one RICAP boundary or λ per batch: the papers' and the authors' code) or sample.
         `padding_mode`, `flip`: the pad-and-crop views (`flip: false` for digits)."""
         super().__init__()
         for value, choices, key in ((labelling, LABELLINGS, "labelling"), (head, HEADS, "head"),
-                                    (data_mix, DATA_MIXES, "data_mix"),
+                                    (data_mix, DATA_MIXES, "data_mix"), (mix_per, MIX_PER, "mix_per"),
                                     (frozen_batchnorm, FROZEN_BATCHNORM, "frozen_batchnorm")):
             _choice(value, choices, key)
         if pretrained is not None and not isinstance(getattr(pretrained, "backbone", None), Backbone):
@@ -129,7 +135,7 @@ class LSDC(Method):
         }[labelling]
         self.knn_k = knn_k if labelling == "knn" else None
         self.consistency_weight, self.rampup_epochs = consistency_weight, rampup_epochs
-        self.data_mix, self.mix_beta = data_mix, mix_beta
+        self.data_mix, self.mix_beta, self.mix_per = data_mix, mix_beta, mix_per
         self.augment = Augment("weak", size=image_size, channels=in_channels, padding_mode=padding_mode,
                                flip_p=0.5 if flip else 0.0)
         self.epoch = 0
@@ -154,7 +160,7 @@ class LSDC(Method):
 
     def training_step(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
         clean, first, second = (self.augment(batch.images) for _ in range(3))
-        mixed, other, sources, weights = mixed_views(first, second, self.data_mix, self.mix_beta)
+        mixed, other, sources, weights = mixed_views(first, second, self.data_mix, self.mix_beta, self.mix_per)
         # three forward passes, not one concatenated batch: each view gets its own BatchNorm statistics,
         # as in the authors' code
         features = self.backbone(clean)  # features: N×D

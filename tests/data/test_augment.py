@@ -231,23 +231,79 @@ def test_cutout() -> None:
     assert (counts >= 1).all() and (counts <= 16).all() and (counts == 16).any()
 
 
-def test_mixup_weights() -> None:
+@pytest.mark.parametrize("per", A.MIX_PER)
+def test_mixup_weights(per) -> None:
     x = torch.rand(32, 3, 4, 4, generator=gen())
-    mixed, perm, lam = A.mixup(x, 0.3, gen())
+    mixed, perm, lam = A.mixup(x, 0.3, gen(), per=per)
     assert sorted(perm.tolist()) == list(range(32))
-    assert ((lam >= 0) & (lam <= 1)).all() and lam.unique().numel() == 32
+    assert ((lam >= 0) & (lam <= 1)).all() and lam.shape == (32,)
+    assert lam.unique().numel() == (32 if per == "sample" else 1)
     assert torch.allclose(mixed, lam.view(-1, 1, 1, 1) * x + (1 - lam.view(-1, 1, 1, 1)) * x[perm])
 
 
-def test_ricap_weights_match_the_tiles() -> None:
+def test_mixup_and_ricap_draw_once_per_batch_by_default() -> None:
+    """The papers' choice (mixup's Figure 1a code, RICAP's and LSD-C's "for each minibatch") is the default."""
+    x = torch.rand(16, 3, 8, 8, generator=gen())
+    assert A.mixup(x, 0.3, gen())[2].unique().numel() == 1
+    assert A.ricap(x, 0.3, gen())[2].unique(dim=0).shape[0] == 1
+    for op in (A.mixup, A.ricap):
+        with pytest.raises(ValueError, match="per must be one of batch, sample, got 'image'"):
+            op(x, 0.3, gen(), per="image")
+
+
+def constant_images(n: int, size: int, channels: int = 3) -> torch.Tensor:
+    """Image k filled with the value k: an output pixel names the image it was taken from."""
+    return torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, channels, size, size).contiguous()
+
+
+@pytest.mark.parametrize("per", A.MIX_PER)
+def test_ricap_weights_match_the_tiles(per) -> None:
     n, size = 16, 8
-    x = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 3, size, size).contiguous()
-    mixed, perms, weights = A.ricap(x, 0.3, gen())
+    mixed, perms, weights = A.ricap(constant_images(n, size), 0.3, gen(), per=per)
     assert perms.shape == (4, n) and weights.shape == (n, 4)
+    assert all(sorted(row.tolist()) == list(range(n)) for row in perms)  # each tile's sources permute the batch
     assert torch.allclose(weights.sum(1), torch.ones(n)) and (weights >= 0).all()
     for k in range(n):  # the share of each source image equals its tiles' weights
         share = (mixed[:, 0] == k).flatten(1).float().mean(1)
         assert torch.allclose(share, (weights * (perms.t() == k)).sum(1), atol=1e-6)
+    # per batch every output shares one boundary (one row of tile weights); per sample most differ
+    # (Beta(0.3, 0.3) often rounds to an edge, so some boundaries coincide)
+    distinct = weights.unique(dim=0).shape[0]
+    assert distinct == 1 if per == "batch" else distinct > n // 2
+
+
+def test_ricap_per_batch_known_answer() -> None:
+    """A per-batch RICAP of constant images: every output is cut at one boundary (h, w) into four tiles,
+    each pixel holds the value of its tile's source image, and a tile's weight is its pixel count."""
+    n, height, width = 6, 7, 10
+    mixed, perms, weights = A.ricap(constant_images(n, 1).expand(n, 3, height, width), 0.3, gen(17))
+    assert perms[:, 0].unique().numel() == 4  # the seed takes output 0's four tiles from four images
+    # the boundary, read from output 0: the rows and columns of its top-left tile's value
+    top_left = mixed[0, 0] == perms[0, 0]
+    h, w = int(top_left[:, 0].sum()), int(top_left[0, :].sum())
+    assert 0 < h < height and 0 < w < width  # and all four tiles are non-empty
+    counts = torch.tensor([h * w, h * (width - w), (height - h) * w, (height - h) * (width - w)])
+    assert torch.equal(weights, (counts / (height * width)).expand(n, 4))
+    expected = torch.empty(n, height, width)
+    expected[:, :h, :w] = perms[0].view(n, 1, 1)
+    expected[:, :h, w:] = perms[1].view(n, 1, 1)
+    expected[:, h:, :w] = perms[2].view(n, 1, 1)
+    expected[:, h:, w:] = perms[3].view(n, 1, 1)
+    assert torch.equal(mixed, expected[:, None].expand(n, 3, height, width))
+
+
+@pytest.mark.parametrize("per", A.MIX_PER)
+def test_ricap_layout_keeps_tiles_and_sources_and_draws_new_crops(per) -> None:
+    """LSD-C's second RICAP view: the first view's tile sizes and sources, new crop positions."""
+    n, size = 16, 8
+    ident = constant_images(n, size, channels=1)
+    position = torch.arange(size * size, dtype=torch.float32).view(1, 1, size, size).expand(n, 1, size, size)
+    x = torch.cat([ident, position], 1)  # channel 0 names the image, channel 1 the pixel inside it
+    first, perms, weights = A.ricap(x, 0.3, gen(2), per=per)
+    second, perms_again, weights_again = A.ricap(x, 0.3, gen(3), layout=(perms, weights), per=per)
+    assert perms_again is perms and torch.equal(weights_again, weights)
+    assert torch.equal(first[:, 0], second[:, 0])  # the same source image at every pixel
+    assert not torch.equal(first[:, 1], second[:, 1])  # crops drawn anew
 
 
 def test_beta_sampler_moments() -> None:

@@ -93,7 +93,8 @@ def test_frozen_blocks_stay_unchanged_and_trainable_ones_move(digits, trainable_
 
 
 @pytest.mark.parametrize("hyper", [{"labelling": "cosine"}, {"labelling": "sne"}, {"head": "mlp"},
-                                   {"data_mix": "mixup"}, {"data_mix": "none"}, {"consistency_weight": 0.0}],
+                                   {"data_mix": "mixup"}, {"data_mix": "none"}, {"consistency_weight": 0.0},
+                                   {"mix_per": "sample"}, {"data_mix": "mixup", "mix_per": "sample"}],
                          ids=lambda hyper: "-".join(map(str, hyper.values())))
 def test_every_variant_takes_finite_steps(digits, hyper):
     assert all(torch.isfinite(torch.tensor(sgd_steps(tiny_lsdc(**hyper), digits, steps=2))))
@@ -108,6 +109,8 @@ def test_continues_the_rotnet_backbone_and_refuses_bad_settings():
     for bad in ({"labelling": "euclid"}, {"data_mix": "cutmix"}, {"trainable_from": 9}, {"head": "deep"}):
         with pytest.raises(UserError):
             LSDC(k=10, in_channels=1, image_size=8, pretrained=rotnet, **bad)
+    with pytest.raises(UserError, match="mix_per must be one of batch, sample, got 'image'"):
+        LSDC(k=10, in_channels=1, image_size=8, pretrained=rotnet, mix_per="image")
 
 
 def test_more_knn_neighbours_than_a_batch_holds_is_a_user_error(digits):
@@ -132,6 +135,24 @@ def test_mixed_views_share_the_mix_but_not_the_crops():
     mixed, other, sources, weights = mixed_views(images, images + 1, "mixup", 0.3)
     assert torch.allclose(other - mixed, torch.ones_like(mixed), atol=1e-4)  # one λ and partner for both views
     assert torch.allclose(weights.sum(1), torch.ones(n)) and torch.equal(sources[0], torch.arange(n))
+
+
+@pytest.mark.parametrize("data_mix", ["ricap", "mixup"])
+@pytest.mark.parametrize("mix_per", [None, "batch", "sample"])
+def test_the_mix_is_drawn_per_batch_unless_mix_per_says_sample(digits, monkeypatch, data_mix, mix_per):
+    """The paper's RICAP (and mixup) draws one boundary (λ) per batch: every row of a training step's mix
+    weights is the same, unless `mix_per: sample` (None: the method's default)."""
+    drawn = []
+
+    def recording_mixed_views(*args):
+        views = mixed_views(*args)
+        drawn.append(views[3])
+        return views
+
+    monkeypatch.setattr("labelless.methods.lsd_c.mixed_views", recording_mixed_views)
+    sgd_steps(tiny_lsdc(data_mix=data_mix, **({} if mix_per is None else {"mix_per": mix_per})), digits, steps=1)
+    distinct = drawn[0].unique(dim=0).shape[0]
+    assert distinct > 1 if mix_per == "sample" else distinct == 1
 
 
 @pytest.mark.filterwarnings("ignore::labelless.train.CollapseWarning")
