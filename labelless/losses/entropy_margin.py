@@ -97,7 +97,13 @@ def self_label_targets(probabilities: Tensor, lamb: float = 100.0, prior: Tensor
     The iteration converges only linearly, at a rate near λ/(1 + λ) per step once the clusters are
     balanced (0.99 for λ = 100), and E(y) is very flat near its minimum, so the cap matters: each
     extra step still lowers E (`self_label_step`), and the next batch warm-starts from the network
-    again. Convergence is tested every `check_every` steps: on a GPU each test is a host sync."""
+    again. Measured on random imbalanced σ (N 64–250, K 8–10, float64): after 300 steps E is within
+    0.005–0.06 of the value 20,000 steps reach (E ≈ 200–230), while y itself can still differ by up
+    to 0.6 in one entry — the flat directions are the entries where σ_i^k is tiny. A Newton solver on
+    the K cluster prices of the optimality conditions (y_i^k = σ_i^k/(ν_i − q_k), q_k = λu_k/ȳ_k)
+    reached the minimum in 8–22 steps for moderately confident σ but stalled for confident σ, at
+    20–50× the cost of 300 steps on the CPU, so Algorithm 1's own iteration stays.
+    Convergence is tested every `check_every` steps: on a GPU each test is a host sync."""
     probabilities = probabilities.detach().float()
     targets = probabilities.clone()
     for iteration in range(1, max_iterations + 1):
