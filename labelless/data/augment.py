@@ -16,7 +16,8 @@ docstring: bilinear resampling without antialiasing, hue as a YIQ chroma rotatio
 (not per-batch) mixup and RICAP parameters.
 
 `Augment(recipe, size, channels)` bundles the named recipes of `AUGMENTS` (`weak`, `simclr`,
-`strong`, `rotnet`, `affine`, `study`, `none`, each with an optional `+sobel` suffix).
+`strong`, `rotnet`, `affine`, `study`, `flip_rotate_colour`, `none`, each with an optional `+sobel`
+suffix).
 """
 from __future__ import annotations
 
@@ -729,6 +730,27 @@ def _study(size: int | None, channels: int,
     return transform
 
 
+def _flip_rotate_colour(size: int | None, channels: int, degrees: float = 30.0,
+                        jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1),
+                        grayscale_p: float = 0.2, fill: float = 0.0) -> Transform:
+    """Zhang & Boykov's self-augmentation for entropy clustering (supplementary §E.3): "For each image,
+    we generate two augmentations sampled from 'horizontal flip', 'rotation' and 'color distortion'".
+
+    We read "sampled from" literally: each view is *one* of the three ops, drawn uniformly per sample
+    (the method's `views: 2` draws the two augmentations). The paper gives no strengths; ours:
+    rotation by U(±`degrees`) = ±30° about the centre, `fill` black outside the image (torchvision's
+    `RandomRotation` default); colour distortion as SimCLR's at CIFAR strength 0.5, ColorJitter(0.4,
+    0.4, 0.4, 0.1) then grayscale with p 0.2, its jitter always applied since the op was drawn."""
+    def transform(x: Tensor, g: torch.Generator | None) -> Tensor:
+        x = _resize(x, size)
+        op = (_rand((x.shape[0],), g, x.device) * 3).long().clamp_max(2)  # 0 flip, 1 rotation, 2 colour
+        rotated = random_affine(x, degrees, translate=0.0, scale=(1.0, 1.0), fill=fill, g=g)
+        coloured = random_grayscale(color_jitter(x, *jitter, p=1.0, g=g), grayscale_p, g)
+        x = torch.where((op == 1).view(-1, 1, 1, 1), rotated, hflip(x, op == 0))
+        return torch.where((op == 2).view(-1, 1, 1, 1), coloured, x)
+    return transform
+
+
 def _none(size: int | None, channels: int) -> Transform:
     """No augmentation (evaluation views); resized when `size` differs."""
     def transform(x: Tensor, g: torch.Generator | None) -> Tensor:
@@ -744,6 +766,7 @@ AUGMENTS: dict[str, Callable[..., Transform]] = {
     "rotnet": _weak,  # the method turns the weak views with `rotnet_batch`
     "affine": _affine,
     "study": _study,
+    "flip_rotate_colour": _flip_rotate_colour,
     "none": _none,
 }
 
