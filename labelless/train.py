@@ -374,8 +374,12 @@ def takes_labels(method_class: type[Method]) -> bool:
 
 
 def labels_refused(stage: str, method: str) -> UserError:
+    # imported here: the registry imports every method, and one of them (super_and) imports this module
+    from labelless.registry import METHODS
+
+    able = ", ".join(name for name, cls in METHODS.items() if takes_labels(cls))
     return UserError(f"stage '{stage}': method '{method}' has no cluster head to train on labels, so it cannot "
-                     "run with labelled_fraction (scan, iic, selflabel and entropy_margin can)")
+                     f"run with labelled_fraction (these can: {able})")
 
 
 def _method_name(method: Method) -> str:

@@ -46,10 +46,12 @@ def _config(method: dict, fraction: float | None, k: int = 4, epochs: int = 3):
 
 MLP = {"name": "entropy_margin", "backbone": "mlp", "backbone_options": {"width": 32}, "augment": "none",
        "views": 0, "objective": "mi_margin"}
+PSEUDO_LABEL = {"name": "pseudo_label", "backbone": "mlp", "augment": "weak"}
 
 
-def test_labels_train_cluster_c_as_class_c(bars: ImageStore, tmp_path: Path):
-    run = train(_config(MLP, 0.25, epochs=5), tmp_path, progress=False, store=bars)
+@pytest.mark.parametrize("method", [MLP, PSEUDO_LABEL], ids=lambda method: method["name"])
+def test_labels_train_cluster_c_as_class_c(method: dict, bars: ImageStore, tmp_path: Path):
+    run = train(_config(method, 0.25, epochs=5), tmp_path, progress=False, store=bars)
     predicted = run.probabilities(bars.images).argmax(1)
     # without the labels cluster ids are an arbitrary permutation; with them, the identity
     assert float((predicted == bars.labels).float().mean()) > 0.9
@@ -69,9 +71,10 @@ def test_without_labelled_fraction_no_label_reaches_training(bars: ImageStore, t
 def test_refusals_are_clear(bars: ImageStore, tmp_path: Path):
     with pytest.raises(UserError, match="set k to the class count"):
         train(_config(MLP, 0.25, k=3), tmp_path / "a", progress=False, store=bars)
-    with pytest.raises(UserError, match="no cluster head to train on labels"):
+    with pytest.raises(UserError, match="no cluster head to train on labels") as refused:
         train(_config({"name": "simclr", "backbone": "mlp", "augment": "none"}, 0.25), tmp_path / "b",
               progress=False, store=bars)
+    assert str(refused.value).endswith("(these can: scan, selflabel, iic, entropy_margin, pseudo_label)")
     # a pipeline is checked before its first stage trains
     two_stages = load_config({"name": "weak", "dataset": {"name": "digits"}, "device": "cpu", "k": 4,
                               "labelled_fraction": 0.25, "train": {"epochs": 1, "batch_size": 64},

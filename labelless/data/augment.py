@@ -16,7 +16,8 @@ docstring: bilinear resampling without antialiasing and hue as a YIQ chroma rota
 draw their mixing parameters once per batch, as their papers do (`per="sample"`: one per sample).
 
 `Augment(recipe, size, channels)` bundles the named recipes of `AUGMENTS` (`weak`, `simclr`,
-`strong`, `rotnet`, `affine`, `none`, each with an optional `+sobel` suffix).
+`strong`, `rotnet`, `affine`, `study`, `flip_rotate_colour`, `none`, each with an optional `+sobel`
+suffix).
 """
 from __future__ import annotations
 
@@ -215,6 +216,13 @@ def random_resized_crop_flip(x: Tensor, size: Size, scale: tuple[float, float] =
     boxes = sample_crop_boxes(n, height, width, scale, ratio, g, x.device)
     flip = _rand((n,), g, x.device) < flip_p
     return resized_crop(x, boxes, size, flip)
+
+
+def centre_crop_box(height: int, width: int, fraction: float) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of torchvision's `CenterCrop` keeping `fraction` of each side: sides rounded,
+    offsets round((side − crop side) / 2), as torchvision places them."""
+    h, w = max(1, round(fraction * height)), max(1, round(fraction * width))
+    return round((height - h) / 2), round((width - w) / 2), h, w
 
 
 def random_crop_with_padding(x: Tensor, padding: int = 4, flip_p: float = 0.5, padding_mode: str = "reflect",
@@ -715,6 +723,51 @@ def _affine(size: int | None, channels: int, degrees: float = 15.0, translate: f
     return transform
 
 
+def _study(size: int | None, channels: int,
+           jitter: tuple[tuple[float, float], ...] = ((0.7, 1.3), (0.7, 1.3), (0.7, 1.3), (-0.2, 0.2)),
+           flip_p: float = 0.5, crop_p: float = 0.5, crop_fraction: float = 0.75) -> Transform:
+    """The CIFAR-10 comparison study's augmentation (its end-to-end pseudo-label classifier and its
+    supervised baseline): "random changes in brightness, contrast, saturation, and hue, as well as
+    random horizontal flipping and random center cropping with resizing with 50% chance", with
+    `ColorJitter` brightness, contrast, saturation (0.7, 1.3) and hue (−0.2, 0.2) on every image.
+
+    Per sample: mirrored with p `flip_p`; with p `crop_p` its centre crop, resized back to the output
+    size (one resampling pass for both, `resized_crop`); then the jitter, its factors and their order
+    drawn per sample. The study gives no crop size: we keep `crop_fraction` 0.75 of each side (24 of
+    32 px: 4 px off each side, as far as CIFAR's pad-and-crop shifts). Geometry before colour is our
+    order too (it matters only through contrast, which blends towards the mean of what is left)."""
+    def transform(x: Tensor, g: torch.Generator | None) -> Tensor:
+        n, _, height, width = x.shape
+        u = _rand((n, 2), g, x.device)
+        full = _constant((0, 0, height, width), x.device, torch.long)
+        centre = _constant(centre_crop_box(height, width, crop_fraction), x.device, torch.long)
+        boxes = torch.where((u[:, 1] < crop_p)[:, None], centre, full)  # boxes: N×4
+        x = resized_crop(x, boxes, size or (height, width), flip=u[:, 0] < flip_p)
+        return color_jitter(x, *jitter, p=1.0, g=g)
+    return transform
+
+
+def _flip_rotate_colour(size: int | None, channels: int, degrees: float = 30.0,
+                        jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1),
+                        grayscale_p: float = 0.2, fill: float = 0.0) -> Transform:
+    """Zhang & Boykov's self-augmentation for entropy clustering (supplementary §E.3): "For each image,
+    we generate two augmentations sampled from 'horizontal flip', 'rotation' and 'color distortion'".
+
+    We read "sampled from" literally: each view is *one* of the three ops, drawn uniformly per sample
+    (the method's `views: 2` draws the two augmentations). The paper gives no strengths; ours:
+    rotation by U(±`degrees`) = ±30° about the centre, `fill` black outside the image (torchvision's
+    `RandomRotation` default); colour distortion as SimCLR's at CIFAR strength 0.5, ColorJitter(0.4,
+    0.4, 0.4, 0.1) then grayscale with p 0.2, its jitter always applied since the op was drawn."""
+    def transform(x: Tensor, g: torch.Generator | None) -> Tensor:
+        x = _resize(x, size)
+        op = (_rand((x.shape[0],), g, x.device) * 3).long().clamp_max(2)  # 0 flip, 1 rotation, 2 colour
+        rotated = random_affine(x, degrees, translate=0.0, scale=(1.0, 1.0), fill=fill, g=g)
+        coloured = random_grayscale(color_jitter(x, *jitter, p=1.0, g=g), grayscale_p, g)
+        x = torch.where((op == 1).view(-1, 1, 1, 1), rotated, hflip(x, op == 0))
+        return torch.where((op == 2).view(-1, 1, 1, 1), coloured, x)
+    return transform
+
+
 def _none(size: int | None, channels: int) -> Transform:
     """No augmentation (evaluation views); resized when `size` differs."""
     def transform(x: Tensor, g: torch.Generator | None) -> Tensor:
@@ -729,6 +782,8 @@ AUGMENTS: dict[str, Callable[..., Transform]] = {
     "strong": _strong,
     "rotnet": _weak,  # the method turns the weak views with `rotnet_batch`
     "affine": _affine,
+    "study": _study,
+    "flip_rotate_colour": _flip_rotate_colour,
     "none": _none,
 }
 

@@ -9,6 +9,11 @@ clusters receive half of the largest cluster's samples (`repair_empty_clusters`)
 second, independent augmentation against them. Optional Sobel input (augment, then Sobel, as the study
 does), upsampling (`input_size`: 64 for AlexNet on 32-px images) and dropout before the classifier
 (0.5 in the study).
+
+Weakly-supervised mode (`labelled_fraction`, our extension; the study has none): the classifier's
+logits on the clean view of the labelled images (resized and Sobel-filtered like the evaluation view,
+not augmented, as every method's labelled batch is) through the same dropout as the trained
+augmentation, so both cross-entropies train one classifier under one regularisation.
 """
 from __future__ import annotations
 
@@ -52,10 +57,17 @@ class PseudoLabel(Method):
             labelling_logits = self.head(self.backbone(self.augment(batch.images)))
             found = labelling_logits.argmax(1)
             targets = repair_empty_clusters(found, self.k)
-        logits = self.head(self.dropout(self.backbone(self.augment(batch.images))))
+        logits = self._trained_logits(self.augment(batch.images))
         loss = F.cross_entropy(logits.float(), targets)
         return loss, {"labels_moved": (targets != found).float().mean(),
                       "marginal_entropy": mean_entropy(F.one_hot(targets, self.k).float())}
+
+    def _trained_logits(self, inputs: Tensor) -> Tensor:
+        """Logits with dropout before the classifier (active in training mode only), N×K."""
+        return self.head(self.dropout(self.backbone(inputs)))
+
+    def labelled_logits(self, images: Tensor) -> list[Tensor]:
+        return [self._trained_logits(self.view(images))]
 
     def embed(self, images: Tensor) -> Tensor:
         return predict_in_batches(lambda x: self.backbone(self.view(x)), images)

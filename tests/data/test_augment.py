@@ -79,7 +79,61 @@ def test_recipe_errors() -> None:
     full_view = A.Augment("simclr", scale=(1.0, 1.0), jitter_p=0.0, grayscale_p=0.0)  # options reach the builder
     x = torch.rand(4, 3, 8, 8, generator=gen())
     assert all(torch.allclose(y, x[i]) or torch.allclose(y, x[i].flip(-1)) for i, y in enumerate(full_view(x, gen())))
-    assert {"weak", "simclr", "strong", "rotnet", "affine", "none"} <= set(A.list_augments())
+    assert {"weak", "simclr", "strong", "rotnet", "affine", "study", "flip_rotate_colour", "none"} <= set(
+        A.list_augments())
+
+
+NO_JITTER = ((1.0, 1.0), (1.0, 1.0), (1.0, 1.0), (0.0, 0.0))
+
+
+def test_study_without_crop_or_jitter_flips_half_the_samples() -> None:
+    x = torch.rand(32, 3, 8, 8, generator=gen())
+    y = A.Augment("study", jitter=NO_JITTER, crop_p=0.0)(x, gen(1))
+    same = torch.isclose(y, x, atol=1e-5).flatten(1).all(1)
+    flipped = torch.isclose(y, x.flip(-1), atol=1e-5).flatten(1).all(1)
+    assert (same ^ flipped).all() and 8 <= int(flipped.sum()) <= 24
+
+
+def test_study_centre_crop_is_a_resize_of_the_centre_half_the_time() -> None:
+    x = torch.rand(32, 3, 16, 16, generator=gen())
+    assert A.centre_crop_box(16, 16, 0.75) == (2, 2, 12, 12)
+    always = A.Augment("study", jitter=NO_JITTER, flip_p=0.0, crop_p=1.0)(x, gen(1))
+    centre = F.interpolate(x[:, :, 2:14, 2:14], size=(16, 16), mode="bilinear", align_corners=False)
+    assert torch.allclose(always, centre, atol=1e-5)
+    upsampled = A.Augment("study", size=32, jitter=NO_JITTER, flip_p=0.0, crop_p=1.0)(x, gen(1))  # AlexNet's 64 px
+    assert torch.allclose(upsampled, F.interpolate(x[:, :, 2:14, 2:14], size=(32, 32), mode="bilinear"), atol=1e-5)
+    half = A.Augment("study", jitter=NO_JITTER, flip_p=0.0)(x, gen(2))
+    cropped = torch.isclose(half, centre, atol=1e-5).flatten(1).all(1)
+    assert (cropped ^ torch.isclose(half, x, atol=1e-5).flatten(1).all(1)).all() and 8 <= int(cropped.sum()) <= 24
+
+
+def test_study_jitter_has_the_study_ranges_on_every_image() -> None:
+    """On mid-gray only brightness acts (contrast, saturation and hue leave a flat gray unchanged):
+    0.5 × U(0.7, 1.3), applied to every sample (no 'not jittered' share at exactly 0.5)."""
+    gray = torch.full((64, 3, 4, 4), 0.5)
+    y = A.Augment("study", flip_p=0.0, crop_p=0.0)(gray, gen())[:, :, 0, 0]
+    assert torch.allclose(y, y[:, :1].expand_as(y), atol=1e-6)
+    assert y.min() >= 0.35 - 1e-6 and y.max() <= 0.65 + 1e-6
+    assert y.min() < 0.38 and y.max() > 0.62 and not torch.isclose(y, torch.tensor(0.5), atol=1e-4).any()
+
+
+def test_flip_rotate_colour_applies_one_op_per_sample() -> None:
+    """With identity colour and turns up to ±90° the three ops are told apart: about a third each is
+    mirrored, left as it is (colour), or turned about its centre (the centre pixel stays). Ops drawn
+    independently with p 0.5 would mirror half of them."""
+    x = same_images(300, 3, 9)
+    y = A.Augment("flip_rotate_colour", degrees=90.0, jitter=(0.0, 0.0, 0.0, 0.0), grayscale_p=0.0)(x, gen())
+    flipped = torch.isclose(y, x.flip(-1), atol=1e-5).flatten(1).all(1)
+    kept = torch.isclose(y, x, atol=1e-5).flatten(1).all(1)
+    rotated = ~(flipped | kept)
+    assert not (flipped & kept).any()
+    assert all(70 <= int(op.sum()) <= 130 for op in (flipped, kept, rotated))
+    assert torch.allclose(y[rotated, :, 4, 4], x[rotated, :, 4, 4], atol=1e-5)
+    assert (y[rotated][:, :, 0, 0] == 0).any()  # a corner turned out of the image reads the black fill
+    coloured = A.Augment("flip_rotate_colour", degrees=0.0)(x, gen())  # 0° turns: what is not a mirror is colour
+    recoloured = ~torch.isclose(coloured, x, atol=1e-5).flatten(1).all(1) & ~torch.isclose(
+        coloured, x.flip(-1), atol=1e-5).flatten(1).all(1)
+    assert 70 <= int(recoloured.sum()) <= 130
 
 
 def test_flip_twice_is_identity_and_rotations_cycle() -> None:

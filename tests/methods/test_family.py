@@ -100,3 +100,20 @@ def test_deskew_input_feeds_the_network_deskewed_images_at_evaluation(store: Ima
     with torch.no_grad():
         assert torch.allclose(method.cluster_logits(images), method.head(method.backbone(deskew(images))))
         assert not torch.allclose(method.cluster_logits(images), method.head(method.backbone(images)))
+
+
+def test_pseudo_label_labelled_logits_see_the_clean_view_through_the_training_dropout(store: ImageStore):
+    """Weakly-supervised mode: the labelled images go through the evaluation view (here resized and
+    Sobel-filtered, not augmented) and, in training mode, the classifier's dropout."""
+    from labelless.methods.pseudo_label import PseudoLabel
+
+    torch.manual_seed(0)
+    method = PseudoLabel(k=10, in_channels=1, image_size=28, backbone="mlp", augment="affine", sobel=True,
+                         input_size=16)
+    images = store.batch(torch.arange(8))
+    (trained,) = method.labelled_logits(images)
+    assert trained.shape == (8, 10) and trained.requires_grad
+    method.eval()
+    (clean,) = method.labelled_logits(images)
+    assert torch.allclose(clean, method.cluster_logits(images), atol=1e-6)  # no augmentation in the view
+    assert not torch.allclose(trained, clean, atol=1e-4)  # dropout was active while training
