@@ -691,12 +691,13 @@ def _weak(size: int | None, channels: int, padding: int | None = None, padding_m
 
 def _simclr(size: int | None, channels: int, scale: tuple[float, float] = (0.2, 1.0),
             jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1), jitter_p: float = 0.8,
-            grayscale_p: float = 0.2, blur_p: float = 0.0) -> Transform:
+            grayscale_p: float = 0.2, blur_p: float = 0.0, flip_p: float = 0.5) -> Transform:
     """SimCLR (Chen et al. 2020) at CIFAR strength 0.5: RandomResizedCrop(scale 0.2–1, the CIFAR
     choice of SimCLR-style repos; the paper's ImageNet value is 0.08), flip, ColorJitter(0.4, 0.4, 0.4,
-    0.1) with p 0.8, grayscale with p 0.2; blur (p 0.5 in the paper's ImageNet recipe) off."""
+    0.1) with p 0.8, grayscale with p 0.2; blur (p 0.5 in the paper's ImageNet recipe) off. `flip_p`
+    0 for images that mirroring turns into another class (SVHN's digits, as Super-AND does)."""
     def transform(x: Tensor, g: torch.Generator | None) -> Tensor:
-        x = random_resized_crop_flip(x, size or (x.shape[-2], x.shape[-1]), scale=scale, g=g)
+        x = random_resized_crop_flip(x, size or (x.shape[-2], x.shape[-1]), scale=scale, flip_p=flip_p, g=g)
         x = color_jitter(x, *jitter, p=jitter_p, g=g)
         x = random_grayscale(x, grayscale_p, g)
         return gaussian_blur(x, p=blur_p, g=g) if blur_p > 0 else x

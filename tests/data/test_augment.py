@@ -83,6 +83,16 @@ def test_recipe_errors() -> None:
         A.list_augments())
 
 
+def test_simclr_without_flips_never_mirrors() -> None:
+    # full-image crops and no colour ops: each view is the image or its mirror; flip_p 0 (SVHN) keeps the image
+    x = torch.rand(32, 3, 8, 8, generator=gen())
+    views = {p: A.Augment("simclr", scale=(1.0, 1.0), jitter_p=0.0, grayscale_p=0.0, flip_p=p)(x, gen(2))
+             for p in (0.0, 0.5)}
+    assert torch.allclose(views[0.0], x, atol=1e-5)
+    mirrored = torch.isclose(views[0.5], x.flip(-1), atol=1e-5).flatten(1).all(1)
+    assert 8 <= int(mirrored.sum()) <= 24
+
+
 NO_JITTER = ((1.0, 1.0), (1.0, 1.0), (1.0, 1.0), (0.0, 0.0))
 
 

@@ -117,3 +117,20 @@ def test_round_state_survives_a_checkpoint(store):
     restored.memory.memory = torch.roll(restored.memory.memory, 1, 0)  # a reselection would now differ
     restored.on_epoch_start(1, context(1, store))  # resumed inside round 1: the selection is kept
     assert torch.equal(restored.neighbours, method.neighbours)
+
+
+def test_svhn_config_is_the_cifar_recipe_without_flips():
+    """SVHN: "Horizontal Flip was not used ... because the SVHN dataset is digit images" (Super-AND §4.1);
+    every other augmentation option is the authors' transform, and the recipe never mirrors."""
+    from labelless.config import load_config
+    from labelless.methods.super_and import PAPER_AUGMENT_OPTIONS
+    from labelless.pipeline import PROJECT_CONFIGS
+
+    svhn, cifar = (load_config(PROJECT_CONFIGS / name / "super_and.yaml") for name in ("svhn", "cifar10"))
+    options = dict(svhn.stages[0].method["augment_options"])
+    assert options.pop("flip_p") == 0.0
+    assert {key: tuple(value) if isinstance(value, list) else value for key, value in options.items()} == \
+        PAPER_AUGMENT_OPTIONS
+    same = {key: value for key, value in svhn.stages[0].method.items() if key not in ("augment_options", "mean", "std")}
+    assert same == {key: value for key, value in cifar.stages[0].method.items() if key not in ("mean", "std", "embedding_dim")}
+    assert svhn.stages[0].train == cifar.stages[0].train
