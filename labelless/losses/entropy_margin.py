@@ -88,28 +88,63 @@ def self_label_step(targets: Tensor, probabilities: Tensor, lamb: float = 100.0,
 
 
 @torch.no_grad()
-def self_label_targets(probabilities: Tensor, lamb: float = 100.0, prior: Tensor | None = None,
-                       max_iterations: int = 300, tolerance: float = 1e-4, check_every: int = 10) -> tuple[Tensor, int]:
-    """The auxiliary targets y of Algorithm 1: initialised by the network output ("a warm start")
-    and iterated with `self_label_step` until no entry moves by more than `tolerance` in one step,
-    or for `max_iterations`. Returns (y: N×K, iterations used). probabilities are not differentiated.
+def squarem_step(targets: Tensor, probabilities: Tensor, lamb: float = 100.0,
+                 prior: Tensor | None = None) -> Tensor:
+    """One SQUAREM cycle (Varadhan & Roland 2008, scheme S3) over Algorithm 1's map M = `self_label_step`:
+        r = M(y) − y ;  v = M(M(y)) − 2M(y) + y ;  α = −max(1, ‖r‖/‖v‖)
+        y′ = M(y − 2αr + α²v)   (α = −1 gives M(M(y)) back).
+    Extrapolating along the path of two fixed-point steps removes most of their slow linear
+    convergence. The extrapolated point keeps every row on the simplex (r and v rows sum to 0); if an
+    entry would leave the positive orthant, or y′ is not below M(M(y)) in E, the cycle returns
+    M(M(y)), so E(y) never increases, as with the plain iteration. Three map evaluations and two
+    objective evaluations, no host sync. targets, probabilities: N×K."""
+    first = self_label_step(targets, probabilities, lamb, prior)
+    second = self_label_step(first, probabilities, lamb, prior)
+    r = first - targets
+    v = second - first - r
+    alpha = -(r.norm() / v.norm().clamp_min(torch.finfo(v.dtype).tiny)).clamp_min(1.0)
+    # backtracking α towards −1 until every entry stays positive, as one batched choice: the
+    # candidates α, then halfway to −1 five times, then −1 itself (always positive: M(M(y)))
+    alphas = torch.cat([-1 - (-alpha - 1) * 0.5 ** torch.arange(6, device=r.device, dtype=r.dtype),
+                        -torch.ones(1, device=r.device, dtype=r.dtype)])  # 7
+    candidates = (targets - 2 * alphas.view(-1, 1, 1) * r + alphas.square().view(-1, 1, 1) * v)  # 7×N×K
+    first_positive = (candidates > 0).flatten(1).all(1).int().argmax()
+    extrapolated = candidates[first_positive]
+    stabilised = self_label_step(extrapolated, probabilities, lamb, prior)
+    lower = (self_label_objective(stabilised, probabilities, lamb, prior)
+             <= self_label_objective(second, probabilities, lamb, prior))
+    return torch.where(lower, stabilised, second)
 
-    The iteration converges only linearly, at a rate near λ/(1 + λ) per step once the clusters are
-    balanced (0.99 for λ = 100), and E(y) is very flat near its minimum, so the cap matters: each
-    extra step still lowers E (`self_label_step`), and the next batch warm-starts from the network
-    again. Measured on random imbalanced σ (N 64–250, K 8–10, float64): after 300 steps E is within
-    0.005–0.06 of the value 20,000 steps reach (E ≈ 200–230), while y itself can still differ by up
-    to 0.6 in one entry — the flat directions are the entries where σ_i^k is tiny. A Newton solver on
-    the K cluster prices of the optimality conditions (y_i^k = σ_i^k/(ν_i − q_k), q_k = λu_k/ȳ_k)
-    reached the minimum in 8–22 steps for moderately confident σ but stalled for confident σ, at
-    20–50× the cost of 300 steps on the CPU, so Algorithm 1's own iteration stays.
-    Convergence is tested every `check_every` steps: on a GPU each test is a host sync."""
-    probabilities = probabilities.detach().float()
+
+@torch.no_grad()
+def self_label_targets(probabilities: Tensor, lamb: float = 100.0, prior: Tensor | None = None,
+                       max_iterations: int = 300, tolerance: float = 1e-4, check_every: int = 10,
+                       accelerate: bool = True) -> tuple[Tensor, int]:
+    """The auxiliary targets y of Algorithm 1: initialised by the network output ("a warm start")
+    and iterated with its fixed-point map (`self_label_step`), three map evaluations at a time in
+    SQUAREM cycles (`squarem_step`; `accelerate=False`: one plain step at a time, as the paper
+    writes it), until no entry moves by more than `tolerance` in one step or cycle, or for
+    `max_iterations` map evaluations. Returns (y: N×K, map evaluations used). probabilities are not
+    differentiated.
+
+    The plain iteration converges only linearly, at a rate near λ/(1 + λ) per step once the clusters
+    are balanced (0.99 for λ = 100), and E(y) is very flat near its minimum, so the cap matters.
+    Measured on random imbalanced σ (N 64–1000, K 8–100, float64), against 30,000 plain steps: after
+    300 plain steps the network's gradient of H(σ, y) is off by 2–44 % (relative norm; more for more
+    confident σ), after 300 evaluations in SQUAREM cycles by 0.2–8 %, at about twice the time; y
+    itself differs more, in the flat directions (entries with tiny σ_i^k) that move neither E nor that
+    gradient. A Newton solver on the K cluster prices of the optimality conditions
+    (y_i^k = σ_i^k/(ν_i − q_k), q_k = λu_k/ȳ_k) stalled for confident σ and was not adopted.
+    Convergence is tested every `check_every` steps or cycles: on a GPU each test is a host sync."""
+    dtype = probabilities.dtype if probabilities.dtype.is_floating_point else torch.float32
+    probabilities = probabilities.detach().double()
     targets = probabilities.clone()
-    for iteration in range(1, max_iterations + 1):
-        updated = self_label_step(targets, probabilities, lamb, prior)
-        converged = iteration % check_every == 0 and bool((updated - targets).abs().max() <= tolerance)
+    step, evaluations = (squarem_step, 3) if accelerate else (self_label_step, 1)
+    cycles = max(1, max_iterations // evaluations)
+    for cycle in range(1, cycles + 1):
+        updated = step(targets, probabilities, lamb, prior)
+        converged = cycle % check_every == 0 and bool((updated - targets).abs().max() <= tolerance)
         targets = updated
         if converged:
-            return targets, iteration
-    return targets, max_iterations
+            return targets.to(dtype), cycle * evaluations
+    return targets.to(dtype), cycles * evaluations

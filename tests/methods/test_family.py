@@ -117,3 +117,24 @@ def test_pseudo_label_labelled_logits_see_the_clean_view_through_the_training_dr
     (clean,) = method.labelled_logits(images)
     assert torch.allclose(clean, method.cluster_logits(images), atol=1e-6)  # no augmentation in the view
     assert not torch.allclose(trained, clean, atol=1e-4)  # dropout was active while training
+
+
+@pytest.mark.parametrize("squarem", [True, False])
+def test_entropy_margin_solves_the_targets_as_configured(squarem: bool, store: ImageStore, monkeypatch):
+    """`squarem` and the iteration budget reach the y-solver of every self-labelling step."""
+    import labelless.methods.entropy_margin as module
+    from labelless.losses.entropy_margin import self_label_targets
+
+    calls = []
+
+    def recording(*args, **kwargs):
+        calls.append(kwargs)
+        return self_label_targets(*args, **kwargs)
+
+    monkeypatch.setattr(module, "self_label_targets", recording)
+    torch.manual_seed(0)
+    method = module.EntropyMargin(k=10, in_channels=1, image_size=28, backbone="mlp", backbone_options={"width": 32},
+                                  augment="none", views=0, max_iterations=30, tolerance=0.0, squarem=squarem)
+    _, logs = method.training_step(Batch(store.batch(torch.arange(64)), torch.arange(64)))
+    assert calls == [{"max_iterations": 30, "tolerance": 0.0, "accelerate": squarem}]
+    assert logs["fixed_point_iterations"] == 30
