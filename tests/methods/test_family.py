@@ -12,13 +12,14 @@ import pytest
 import torch
 
 from labelless.config import load_config
+from labelless.data.sources import default_data_root
 from labelless.data.stores import ImageStore, to_float
 from labelless.errors import UserError
 from labelless.methods.base import Batch
 from labelless.methods.supervised import Supervised
 from labelless.pipeline import train
 
-MNIST_ROOT = Path("/work/shared/data")
+MNIST_ROOT = default_data_root()  # ../shared/data beside the checkout, or $LABELLESS_DATA
 N_IMAGES = 256
 
 
