@@ -630,9 +630,9 @@ def ricap(x: Tensor, beta: float = 0.3, g: torch.Generator | None = None,
     """RICAP (Takahashi et al. 2018): each output is tiled from four crops of four images, split at a
     boundary (w, h) = round(W·Beta(β, β)), round(H·Beta(β, β)), each crop taken at a uniformly random
     position of its source image. The boundary is drawn once per batch, as in the paper and the LSD-C
-    supplement ("sample the width and height of crops for each minibatch", Rebuffi et al. 2020), so
-    every output shares the tile sizes; `per="sample"` draws one boundary per sample. Crop positions
-    are drawn per sample either way (the LSD-C authors' code: one per tile and batch).
+    supplement ("sample the width and height of crops for each minibatch permutation", Rebuffi et
+    al. 2020), so every output shares the tile sizes; `per="sample"` draws one boundary per sample.
+    Crop positions are drawn per sample either way (RICAP's and LSD-C's code: one per tile and batch).
 
     Returns (x̃, perms 4×N, weights N×4): tile q of sample n comes from image perms[q, n] and covers
     the fraction weights[n, q] of the image (tiles: top-left, top-right, bottom-left, bottom-right);
