@@ -67,8 +67,9 @@ def self_label_objective(targets: Tensor, probabilities: Tensor, lamb: float = 1
     the y-subproblem's objective: reverse cross-entropy plus the "strong fairness" λ·KL(u‖ȳ) (up to
     a constant). Convex in y (Lemma B.1). targets (y), probabilities (σ): N×K; prior u: K (uniform)."""
     u = _prior(prior, probabilities)
-    cross = -(probabilities * targets.clamp_min(EPS).log()).sum(1).mean()
-    return cross - lamb * (u * targets.mean(0).clamp_min(EPS).log()).sum()
+    # exact, not clamped: 0·ln 0 = 0, and y → 0 where σ > 0 (or an empty cluster) is +∞
+    cross = -torch.special.xlogy(probabilities, targets).sum(1).mean()
+    return cross - lamb * torch.special.xlogy(u, targets.mean(0)).sum()
 
 
 @torch.no_grad()
@@ -87,6 +88,11 @@ def self_label_step(targets: Tensor, probabilities: Tensor, lamb: float = 100.0,
     return (probabilities + pull) / (1 + pull.sum(1, keepdim=True))
 
 
+# SQUAREM's step length backtracks halfway towards −1 up to this many times (as one batched choice);
+# more made no difference in the cases measured
+BACKTRACKS = 4
+
+
 @torch.no_grad()
 def squarem_step(targets: Tensor, probabilities: Tensor, lamb: float = 100.0,
                  prior: Tensor | None = None) -> Tensor:
@@ -94,27 +100,25 @@ def squarem_step(targets: Tensor, probabilities: Tensor, lamb: float = 100.0,
         r = M(y) − y ;  v = M(M(y)) − 2M(y) + y ;  α = −max(1, ‖r‖/‖v‖)
         y′ = M(y − 2αr + α²v)   (α = −1 gives M(M(y)) back).
     Extrapolating along the path of two fixed-point steps removes most of their slow linear
-    convergence. The extrapolated point keeps every row on the simplex (r and v rows sum to 0); α
-    backtracks towards −1 while an entry would leave the positive orthant, and if y′ is not below
-    M(M(y)) in E the cycle returns M(M(y)), so E(y) never increases, as with the plain iteration.
-    Three map evaluations, two objective evaluations and a few host syncs (α, positivity).
+    convergence. The extrapolated point keeps every row on the simplex (r and v rows sum to 0). While
+    an entry would leave the positive orthant (confident σ puts entries near 0), α backtracks halfway
+    towards −1, `BACKTRACKS` times at most, then α = −1; entries where σ is exactly 0 (a float32
+    softmax underflows) are 0 in y, r and v and stay 0. If y′ is not below M(M(y)) in E the cycle
+    returns M(M(y)), so E(y) never increases, as with the plain iteration. Three map evaluations,
+    two objective evaluations and no host sync: the backtracking ladder is one batched choice.
     targets, probabilities: N×K."""
     first = self_label_step(targets, probabilities, lamb, prior)
     second = self_label_step(first, probabilities, lamb, prior)
     r = first - targets
     v = second - first - r
-    alpha = -max(1.0, float(r.norm() / v.norm().clamp_min(torch.finfo(v.dtype).tiny)))
-    # backtrack α halfway towards −1 while a positive entry would leave the positive orthant (confident
-    # σ puts entries near 0; entries where a float32 softmax underflowed to σ = 0 stay 0 under M, and
-    # r = v = 0 there); after ten tries, α = −1: M(M(y)), never negative
-    stays_zero = targets == 0
-    for _ in range(10):
-        extrapolated = targets - 2 * alpha * r + alpha * alpha * v
-        if bool(((extrapolated > 0) | stays_zero).all()):
-            break
-        alpha = (alpha - 1) / 2
-    else:
-        extrapolated = second
+    alpha = (r.norm() / v.norm().clamp_min(torch.finfo(v.dtype).tiny)).clamp_min(1.0).neg()
+    halvings = 0.5 ** torch.arange(BACKTRACKS + 1, dtype=r.dtype, device=r.device)
+    ladder = -1 + (alpha + 1) * halvings  # α, then halfway towards −1 each rung
+    candidates = targets - 2 * ladder.view(-1, 1, 1) * r + ladder.square().view(-1, 1, 1) * v  # L×N×K
+    candidates = torch.cat([candidates, second.unsqueeze(0)])  # the last rung, α = −1, is M(M(y)) itself
+    feasible = ((candidates > 0) | (targets == 0)).flatten(1).all(1)
+    feasible[-1] = True
+    extrapolated = candidates[feasible.int().argmax()]
     stabilised = self_label_step(extrapolated, probabilities, lamb, prior)
     lower = (self_label_objective(stabilised, probabilities, lamb, prior)
              <= self_label_objective(second, probabilities, lamb, prior))
@@ -128,9 +132,9 @@ def self_label_targets(probabilities: Tensor, lamb: float = 100.0, prior: Tensor
     """The auxiliary targets y of Algorithm 1: initialised by the network output ("a warm start")
     and iterated with its fixed-point map (`self_label_step`), three map evaluations at a time in
     SQUAREM cycles (`squarem_step`; `accelerate=False`: one plain step at a time, as the paper
-    writes it), until no entry moves by more than `tolerance` in one step or cycle, or for
-    `max_iterations` map evaluations. Returns (y: N×K, map evaluations used). probabilities are not
-    differentiated.
+    writes it; evaluations left over from whole cycles run as plain steps), until no entry moves by
+    more than `tolerance` in one step or cycle, or for `max_iterations` map evaluations (0: y = σ).
+    Returns (y: N×K, map evaluations used). probabilities are not differentiated.
 
     The plain iteration converges only linearly, at a rate near λ/(1 + λ) per step once the clusters
     are balanced (0.99 for λ = 100), and E(y) is very flat near its minimum, so the cap matters.
@@ -138,7 +142,9 @@ def self_label_targets(probabilities: Tensor, lamb: float = 100.0, prior: Tensor
     steps: after 300 plain steps the network's gradient of H(σ, y) in its logits is 2–78 % off
     (relative norm; more for more confident σ), after 300 evaluations in SQUAREM cycles 0–28 %, at
     about 2.5× the time on the CPU. y itself differs more, in flat directions (entries with tiny
-    σ_i^k) that move neither E nor that gradient. A Newton solver on the K cluster prices of the
+    σ_i^k) that move neither E nor that gradient. Entries where σ_i^k is exactly 0 (underflow) stay 0
+    under the map, though the minimiser would give them some mass: a batch that puts no mass at all
+    on a cluster leaves that cluster out of y. A Newton solver on the K cluster prices of the
     optimality conditions (y_i^k = σ_i^k/(ν_i − q_k), q_k = λu_k/ȳ_k) stalled for confident σ and was
     not adopted. Computed in float64 (in float32 the plain loop's gradient was 3× further off in a case
     measured).
@@ -146,12 +152,16 @@ def self_label_targets(probabilities: Tensor, lamb: float = 100.0, prior: Tensor
     dtype = probabilities.dtype if probabilities.dtype.is_floating_point else torch.float32
     probabilities = probabilities.detach().double()
     targets = probabilities.clone()
-    step, evaluations = (squarem_step, 3) if accelerate else (self_label_step, 1)
-    cycles = max(1, max_iterations // evaluations)
-    for cycle in range(1, cycles + 1):
+    cycle_length = 3 if accelerate else 1
+    cycles, leftover = divmod(max_iterations, cycle_length)
+    # SQUAREM cycles, then the evaluations left over as plain steps: `max_iterations` evaluations in all
+    steps = [squarem_step if accelerate else self_label_step] * cycles + [self_label_step] * leftover
+    used = 0
+    for index, step in enumerate(steps, start=1):
         updated = step(targets, probabilities, lamb, prior)
-        converged = cycle % check_every == 0 and bool((updated - targets).abs().max() <= tolerance)
+        used += cycle_length if step is squarem_step else 1
+        converged = index % check_every == 0 and bool((updated - targets).abs().max() <= tolerance)
         targets = updated
         if converged:
-            return targets.to(dtype), cycle * evaluations
-    return targets.to(dtype), cycles * evaluations
+            break
+    return targets.to(dtype), used

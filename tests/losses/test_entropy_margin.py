@@ -160,3 +160,32 @@ def test_inverse_frequency_weights_equalise_clusters():
     assert totals[[0, 1, 3]].tolist() == pytest.approx([totals[0].item()] * 3)
     assert weights[2].item() == 0.0
     assert weights[[0, 1, 3]].mean().item() == pytest.approx(1.0)
+
+
+def test_squarem_accelerates_posteriors_that_underflowed_to_zero():
+    """A confident float32 softmax has exact zeros; they stay 0 (the map keeps them there) and must not
+    stop the extrapolation, which would leave SQUAREM no better than plain steps."""
+    logits = torch.randn(250, 10, generator=torch.Generator().manual_seed(4)) * 40
+    sigma = logits.softmax(1).double()  # a float32 softmax: hundreds of entries are exactly 0
+    assert int((sigma == 0).sum()) > 100
+    exact = sigma
+    reference = exact.clone()
+    for _ in range(20000):
+        reference = self_label_step(reference, exact)
+    floor = self_label_objective(reference, exact).item()
+    gaps = {}
+    for accelerate in (False, True):
+        targets, _ = self_label_targets(sigma, max_iterations=300, tolerance=0.0, accelerate=accelerate)
+        assert bool((targets[sigma == 0] == 0).all())
+        gaps[accelerate] = self_label_objective(targets.double(), exact).item() - floor
+    assert 0 <= gaps[True] < 0.5 * gaps[False], gaps
+
+
+def test_max_iterations_counts_map_evaluations_exactly():
+    sigma = _imbalanced_posteriors(5, n=40, k=4)
+    for accelerate in (False, True):
+        unchanged, used = self_label_targets(sigma, max_iterations=0, accelerate=accelerate)
+        assert used == 0 and torch.equal(unchanged, sigma)
+        for budget in (1, 2, 50):
+            _, used = self_label_targets(sigma, max_iterations=budget, tolerance=0.0, accelerate=accelerate)
+            assert used == budget
