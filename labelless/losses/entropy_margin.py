@@ -88,6 +88,9 @@ def self_label_step(targets: Tensor, probabilities: Tensor, lamb: float = 100.0,
     return (probabilities + pull) / (1 + pull.sum(1, keepdim=True))
 
 
+# σ of a cluster that underflowed to 0 on a whole batch, in float64 (`self_label_targets`)
+EMPTY_CLUSTER_FLOOR = 1e-300
+
 # SQUAREM's step length backtracks halfway towards −1 up to this many times (as one batched choice);
 # more made no difference in the cases measured
 BACKTRACKS = 4
@@ -143,14 +146,19 @@ def self_label_targets(probabilities: Tensor, lamb: float = 100.0, prior: Tensor
     (relative norm; more for more confident σ), after 300 evaluations in SQUAREM cycles 0–28 %, at
     about 2.5× the time on the CPU. y itself differs more, in flat directions (entries with tiny
     σ_i^k) that move neither E nor that gradient. Entries where σ_i^k is exactly 0 (underflow) stay 0
-    under the map, though the minimiser would give them some mass: a batch that puts no mass at all
-    on a cluster leaves that cluster out of y. A Newton solver on the K cluster prices of the
+    under the map, though the minimiser would give them some mass; a cluster whose σ is 0 on the
+    whole batch is floored at `EMPTY_CLUSTER_FLOOR` first, so y gives it its share instead of E = +∞.
+    A Newton solver on the K cluster prices of the
     optimality conditions (y_i^k = σ_i^k/(ν_i − q_k), q_k = λu_k/ȳ_k) stalled for confident σ and was
     not adopted. Computed in float64 (in float32 the plain loop's gradient was 3× further off in a case
     measured).
     Convergence is tested every `check_every` steps or cycles: on a GPU each test is a host sync."""
     dtype = probabilities.dtype if probabilities.dtype.is_floating_point else torch.float32
     probabilities = probabilities.detach().double()
+    # a cluster whose σ underflowed to 0 on the whole batch would stay empty under the map, leaving
+    # E(y) = +∞; a floor far below any real probability (rows still sum to 1 in float64) lets the
+    # fairness term give it its share
+    probabilities = torch.where(probabilities.sum(0) == 0, EMPTY_CLUSTER_FLOOR, probabilities)
     targets = probabilities.clone()
     cycle_length = 3 if accelerate else 1
     cycles, leftover = divmod(max_iterations, cycle_length)

@@ -189,3 +189,17 @@ def test_max_iterations_counts_map_evaluations_exactly():
         for budget in (1, 2, 50):
             _, used = self_label_targets(sigma, max_iterations=budget, tolerance=0.0, accelerate=accelerate)
             assert used == budget
+
+
+@pytest.mark.parametrize("accelerate", [False, True])
+def test_a_cluster_absent_from_the_whole_batch_still_gets_its_share(accelerate: bool):
+    """σ of cluster 3 underflowed to 0 on every row (a float32 softmax): the minimiser of E still gives
+    it mass (strong fairness, λ = 100), instead of leaving E(y) = +∞."""
+    logits = torch.randn(250, 10, generator=torch.Generator().manual_seed(6)) * 3
+    logits[:, 3] -= 200
+    sigma = logits.softmax(1)
+    assert bool((sigma[:, 3] == 0).all())
+    targets, _ = self_label_targets(sigma, accelerate=accelerate)
+    marginal = targets.mean(0)
+    assert marginal[3].item() > 0.09 and marginal.max().item() < 0.11
+    assert math.isfinite(self_label_objective(targets.double(), sigma.double()).item())
