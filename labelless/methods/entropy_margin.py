@@ -53,7 +53,8 @@ class EntropyMargin(Method):
     def __init__(self, *, k: int, in_channels: int, image_size: int, pretrained: Method | None = None,
                  backbone: str = "vgg4", augment: str = "simclr", views: int = 2, objective: str = "self_label",
                  lamb: float = 100.0, gamma: float = 0.005, fairness_weight: float = 1.3,
-                 augment_weight: float = 0.0, max_iterations: int = 300, tolerance: float = 1e-4, squarem: bool = True,
+                 augment_weight: float = 0.0, max_iterations: int = 300, tolerance: float = 1e-4,
+                 squarem: bool = True,
                  backbone_lr_scale: float = 1.0, backbone_options: dict | None = None, vat_weight: float = 0.0,
                  vat_radius: float = 0.25, vat_neighbour: int = 10, vat_xi: float = 10.0, vat_iterations: int = 1,
                  head_init_std: float | None = None, deskew_input: bool = False) -> None:

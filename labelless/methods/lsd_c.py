@@ -13,9 +13,9 @@ Defaults are the authors' released code (srebuffi/lsd-clusters; VERIFIED-DETAILS
 kNN k = 20, λ = 5, T = 100, frozen stem + layers 1–3 of ResNet-18 with their BatchNorm layers still in
 train mode, three pad-and-crop + flip views (zero padding) of each image, RICAP with Beta(0.3, 0.3)
 and one tile boundary per batch ("for each minibatch permutation", supplement §1) whose two views
-share tile sizes and sources but draw their own crop positions. Every choice the supplement ablates is a switch:
-`trainable_from`, `head`, `labelling`, `data_mix`, `consistency_weight`; `mix_per: sample` draws the
-RICAP boundary (or mixup's λ) per sample instead.
+share tile sizes and sources but draw their own crop positions. Every choice the supplement ablates
+is a switch: `trainable_from`, `head`, `labelling`, `data_mix`, `consistency_weight`; `mix_per:
+sample` draws the RICAP boundary (or mixup's λ) per sample instead.
 
 Two deliberate differences from the code: RICAP draws each tile's crop position per sample and every
 tile's sources by a permutation (the code: crop positions per tile and batch, and the original image kept
