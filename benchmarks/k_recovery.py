@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-START = time.time()
+START = time.perf_counter()
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
                                       deskewed=args.pixel_space == "deskewed").numpy()
             chosen, _ = select_k(features, k_range, seed=draw)
             cases.append({"true_k": true_k, "digits": digits.tolist(), "chosen_k": chosen})
-            print(f"true K {true_k:2d}  digits {digits.tolist()}  chose {chosen:2d}  ({time.time() - START:.0f} s)",
+            elapsed = time.perf_counter() - START
+            print(f"true K {true_k:2d}  digits {digits.tolist()}  chose {chosen:2d}  ({elapsed:.0f} s)",
                   file=sys.stderr, flush=True)
     exact = sum(c["chosen_k"] == c["true_k"] for c in cases)
     near = sum(abs(c["chosen_k"] - c["true_k"]) <= 1 for c in cases)
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         "k_recovery": {"exact": exact, "within_one": near, "cases": len(cases), "per_case": cases},
         "embedding": f"{args.pixel_space} pixels centred on the subset mean", "k_range": args.k_range,
         "per_digit": args.per_digit, "labels_used_in_training": False,
-        "device": device_name("cpu"), "wall_seconds": round(time.time() - START, 1),
+        "device": device_name("cpu"), "wall_seconds": round(time.perf_counter() - START, 1),
         **stamp("python benchmarks/k_recovery.py " + " ".join(argv if argv is not None else sys.argv[1:])),
     }
     if args.out:

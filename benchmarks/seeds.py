@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.time_limit is not None and not args.run_root:
         print("--time-limit needs --run-root: the chain's checkpoints must outlive the call", file=sys.stderr)
         return 2
-    started = time.time()
+    started = time.perf_counter()
     state_path = Path(args.run_root) / "seeds_chain.json" if args.run_root else None
     state = json.loads(state_path.read_text()) if state_path is not None and state_path.is_file() else {}
     runs, ran_a_seed = [], False
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.run_root:
                 extra = ["--run-dir", str(Path(args.run_root) / f"seed{seed}"), "--resume"]
             if args.time_limit is not None:
-                left = args.time_limit * 60 - (time.time() - started)
+                left = args.time_limit * 60 - (time.perf_counter() - started)
                 if ran_a_seed and left < 60:  # the first seed a call trains always starts: progress
                     print(f"time limit: seed {seed} not started; run this same seeds.py command again", file=sys.stderr)
                     return EXIT_TIME_LIMIT
@@ -83,14 +83,14 @@ def main(argv: list[str] | None = None) -> int:
                       f"wall time cannot be summed; delete {Path(args.run_root) / f'seed{seed}'} and its entry in "
                       f"{state_path}, then run this same command again", file=sys.stderr)
                 return 2
-            start, ran_a_seed = time.time(), True
+            start, ran_a_seed = time.perf_counter(), True
             if state_path is not None:  # marked before training: a call killed from outside leaves the mark
                 seed_state["calls"].append(None)
                 _save_state(state_path, state)
                 seed_state["calls"].pop()
             done = subprocess.run([sys.executable, "-m", "labelless", *command, "--seed", str(seed), "--json", *extra],
                                   capture_output=True, text=True)
-            seed_state["calls"].append(round(time.time() - start, 1))
+            seed_state["calls"].append(round(time.perf_counter() - start, 1))
             if done.returncode == EXIT_TIME_LIMIT and state_path is not None:
                 _save_state(state_path, state)
                 stopped = done.stderr.strip().splitlines()[-1].split("; run the same command")[0]

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import time
 
-START = time.time()  # before the heavy imports: they are part of the measured time
+START = time.perf_counter()  # before the heavy imports: they are part of the measured time
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -149,7 +149,7 @@ def run_one_seed(args: argparse.Namespace) -> dict:
     side = {"seconds": 0.0}
 
     def observe(stage: str, epoch: int, method) -> None:
-        now = time.time()
+        now = time.perf_counter()
         ends[stage] = before + now - START - side["seconds"]
         if args.no_curve:
             return
@@ -161,7 +161,7 @@ def run_one_seed(args: argparse.Namespace) -> dict:
             predictions = torch.cat([logits.argmax(1).cpu() for logits in chunks]).numpy()
             acc = cluster_metrics(labels, predictions)["ACC"]
             curve.append({"minutes": round(ends[stage] / 60, 3), "stage": stage, "epoch": epoch, "ACC": round(acc, 4)})
-        side["seconds"] += time.time() - now
+        side["seconds"] += time.perf_counter() - now
 
     deadline = None
     if args.time_limit:
@@ -169,13 +169,13 @@ def run_one_seed(args: argparse.Namespace) -> dict:
         # and the next call refuses instead of resuming the killed call's checkpoints uncounted
         run_dir.mkdir(parents=True, exist_ok=True)
         chain_path.write_text(json.dumps({**chain, "open_call": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(START))}) + "\n")
-        deadline = Deadline.after(args.time_limit * 60 - (time.time() - START))
+        deadline = Deadline.after(args.time_limit * 60 - (time.perf_counter() - START))
     try:
         run = train(config, run_dir, progress=False, store=store, on_epoch_end=observe,
                     resume=bool(args.time_limit), deadline=deadline)
     except (TimeLimitReached, Exception) as stop:  # a failed call's time counts too, if the seed goes on
         if args.time_limit:
-            chain["calls"].append({"wall_seconds": round(time.time() - START, 1),
+            chain["calls"].append({"wall_seconds": round(time.perf_counter() - START, 1),
                                    "curve_seconds": round(side["seconds"], 1),
                                    ("stopped" if isinstance(stop, TimeLimitReached) else "failed"): str(stop)})
             chain_path.write_text(json.dumps({**chain, "open_call": None}) + "\n")
@@ -183,7 +183,7 @@ def run_one_seed(args: argparse.Namespace) -> dict:
             raise
         return {"seed": seed, "stopped": str(stop)}
     metrics = evaluate(run, scored, scored_split, name)
-    calls = chain["calls"] + [{"wall_seconds": time.time() - START, "curve_seconds": side["seconds"]}]
+    calls = chain["calls"] + [{"wall_seconds": time.perf_counter() - START, "curve_seconds": side["seconds"]}]
     wall = sum(call["wall_seconds"] for call in calls)
     side["seconds"] = sum(call["curve_seconds"] for call in calls)
     agreement = neighbour_agreement(run_dir, store)
@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             continue
         limit = []
         if args.time_limit:
-            left = args.time_limit * 60 - (time.time() - START)
+            left = args.time_limit * 60 - (time.perf_counter() - START)
             if not may_start_seed(started_a_seed, left, args.budget_min * 60):
                 print(f"time limit: seed {seed} not started; run the same command again", file=sys.stderr)
                 return EXIT_TIME_LIMIT
@@ -277,10 +277,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         with tempfile.NamedTemporaryFile(suffix=".json") as f, tempfile.TemporaryDirectory() as fresh:
             caches = (chain_compile_cache(args.run_dir, seed, not (seed_dir / "tta_chain.json").is_file())
                       if seed_dir is not None else fresh)
-            started = time.time()
+            started = time.perf_counter()
             done = subprocess.run([sys.executable, str(Path(__file__).resolve()), *passthrough, *limit,
                                    "--single-seed", str(seed), "--result-file", f.name], env=seed_environment(args, caches))
-            spawned_wall = time.time() - started
+            spawned_wall = time.perf_counter() - started
             if done.returncode not in (0, EXIT_TIME_LIMIT):
                 print(f"seed {seed} failed (exit {done.returncode})", file=sys.stderr)
                 return done.returncode

@@ -12,7 +12,7 @@ from pathlib import Path
 from labelless.errors import EXIT_TIME_LIMIT, TimeLimitReached, TrainingDiverged, UserError
 from labelless.provenance import device_name
 
-START = time.time()
+START = time.perf_counter()
 STARTED = time.monotonic()  # `--time-limit` counts from here: the command's start (imports are before it)
 
 DATASET_HELP = ("dataset name: cifar10, mnist, digits (bundled, no download), cifar100, cifar20, stl10, svhn, "
@@ -122,7 +122,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         raise UserError("the dataset has no labels: give --k")
     out = run_baseline(args.name, train, test, k, subsample=args.subsample, seed=args.seed, train_split=train_split)
     result = {**out.pop("metrics"), "n": out["n_scored"], "k": k, "split": out["split"], "dataset": args.dataset,
-              "seconds": time.time() - START, "method": f"baseline:{args.name}", "n_train": out["n"],
+              "seconds": time.perf_counter() - START, "method": f"baseline:{args.name}", "n_train": out["n"],
               "pca_dims": out["pca_dims"], "labels_used_in_training": out["labels_used_in_training"]}
     _print(result, args.json)
     return 0
@@ -138,7 +138,8 @@ def _run_result(run, metrics: dict, dataset: str, train_split: str, also: dict |
     a pipeline by its stages; `variant` = the config's name and the overrides it ran with."""
     stages = run.config.stages
     return {**_scores(metrics),
-            "dataset": dataset, "train_split": train_split, "seconds": time.time() - START, "train_seconds": run.seconds,
+            "dataset": dataset, "train_split": train_split, "seconds": time.perf_counter() - START,
+            "train_seconds": run.seconds,
             "method": (stages[0].method["name"] if len(stages) == 1
                        else "pipeline:" + "+".join(s.method["name"] for s in stages)),
             "epochs": stages[0].train.epochs if len(stages) == 1 else {s.name: s.train.epochs for s in stages},
@@ -257,7 +258,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     metrics = cluster_metrics(labels, clusters, probabilities, 0.9 if probabilities is not None else None)
     k = probabilities.shape[1] if probabilities is not None else int(np.unique(clusters).size)
     _print({**metrics, "n": len(index), "k": k, "split": args.split or _default_eval_split(args.dataset),
-            "dataset": args.dataset, "seconds": time.time() - START}, args.json)
+            "dataset": args.dataset, "seconds": time.perf_counter() - START}, args.json)
     return 0
 
 
@@ -340,7 +341,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     counts = predictions.clusters.bincount(minlength=run.k).tolist()
     _print({"n": len(predictions.paths), "skipped": len(predictions.skipped), "k": run.k,
             "cluster_sizes": " ".join(map(str, counts)), "out": str(out),
-            "sorted_into": args.sort_into or "-", "seconds": time.time() - START}, args.json)
+            "sorted_into": args.sort_into or "-", "seconds": time.perf_counter() - START}, args.json)
     return 0
 
 

@@ -222,7 +222,7 @@ def train(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool 
     `on_epoch_end(stage, epoch, method)` is passed to every stage's Trainer (an observer). With a
     `deadline`, TimeLimitReached propagates from the stage that stopped, its epochs checkpointed: the same
     call with `resume=True` continues the chain."""
-    start = time.time()
+    start = time.perf_counter()
     run_dir = Path(run_dir or Path("runs") / config.name)
     if store is None:
         store = load_dataset(config.dataset.name, split=config.dataset.split, root=config.dataset.root,
@@ -269,7 +269,7 @@ def train(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool 
                                                  indent=2) + "\n")
     selection = ("lowest_loss" if several_heads else
                  "none" if embedding_only(config.stages[-1].method["name"]) else "single_head")
-    return Run(config, run_dir, previous, k, store.image_size, store.channels, seconds=time.time() - start,
+    return Run(config, run_dir, previous, k, store.image_size, store.channels, seconds=time.perf_counter() - start,
                head_selection=selection)
 
 
@@ -284,7 +284,7 @@ def evaluate(run: Run, store: ImageStore, split: str, dataset: str, train_store:
     give `train_store` only when `store` is another split, or every query would find itself. When labels
     trained the model (supervised, weakly-supervised) cluster c is class c: ACC is then the plain
     accuracy and the Hungarian-matched one, never lower, is kept as ACC_HUNGARIAN."""
-    start = time.time()
+    start = time.perf_counter()
     if run.has_clusters:
         probabilities = run.probabilities(store.images)
         predictions = probabilities.argmax(1)
@@ -321,7 +321,7 @@ def evaluate(run: Run, store: ImageStore, split: str, dataset: str, train_store:
         result["head_losses"] = [round(float(v), 6) for v in selector.mean_losses]
     if train_store is not None and train_store.labels is not None:  # evaluation only: training has ended
         result.update(run.method.diagnostics(train_store.labels.cpu(), run.run_dir))
-    result["eval_seconds"] = time.time() - start
+    result["eval_seconds"] = time.perf_counter() - start
     (run.run_dir / f"metrics{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 

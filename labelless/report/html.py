@@ -43,7 +43,7 @@ def write_report(run_dir: str | Path, store: ImageStore | None = None, split: st
     evaluation split, as `labelless run` scored it). `tsne_points`: how many images, sampled at
     random, the 2-D map embeds (t-SNE is quadratic-ish; 2000 keeps it to seconds on a CPU).
     """
-    start = time.time()
+    start = time.perf_counter()
     run = load_run(run_dir, device=device)
     if store is None:
         store, split = _run_store(run, split)
@@ -63,7 +63,7 @@ def write_report(run_dir: str | Path, store: ImageStore | None = None, split: st
         sections.append(_confusion_section(labels, clusters, run.k, class_names))
     sections.append(_map_section(run, store, clusters, tsne_points, seed))
     sections.append(_curves_section(run.run_dir / "metrics.jsonl"))
-    footer = f"<footer>Written by <code>labelless report</code> in {time.time() - start:.1f} s.</footer>"
+    footer = f"<footer>Written by <code>labelless report</code> in {time.perf_counter() - start:.1f} s.</footer>"
     path = run.run_dir / "report.html"
     path.write_text(_page(run.config.name, "\n".join(s for s in sections if s) + footer), encoding="utf-8")
     return path
