@@ -81,9 +81,11 @@ class TwoTrunkEncoder(nn.Module):
 
 
 def paper_augment(image_size: int, in_channels: int, augment: str, options: dict | None) -> Augment:
-    """The recipe `augment` with `options`, or with the authors' transform when `options` is None."""
-    return Augment(augment, size=image_size, channels=in_channels,
-                   **(PAPER_AUGMENT_OPTIONS if options is None else options))
+    """The recipe `augment` with `options`; when `options` is None, the authors' transform for their
+    recipe (`simclr`) and the recipe's own defaults for any other (`affine` for digits, say)."""
+    if options is None:
+        options = PAPER_AUGMENT_OPTIONS if augment == "simclr" else {}
+    return Augment(augment, size=image_size, channels=in_channels, **options)
 
 
 def select_neighbourhoods(memory: Tensor, count: int, temperature: float, size: int = 1) -> tuple[Tensor, Tensor]:
