@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from labelless.allocator import tune_by_reexec
 from labelless.errors import EXIT_TIME_LIMIT, TimeLimitReached, TrainingDiverged, UserError
 from labelless.provenance import device_name
 
@@ -486,6 +487,8 @@ def _add_chain_options(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the command line itself, not a call from Python
+        tune_by_reexec()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
