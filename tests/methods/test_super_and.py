@@ -134,3 +134,18 @@ def test_svhn_config_is_the_cifar_recipe_without_flips():
     same = {key: value for key, value in svhn.stages[0].method.items() if key not in ("augment_options", "mean", "std")}
     assert same == {key: value for key, value in cifar.stages[0].method.items() if key not in ("mean", "std", "embedding_dim")}
     assert svhn.stages[0].train == cifar.stages[0].train
+
+
+def test_the_authors_transform_is_the_default_of_their_recipe_only():
+    """`augment: simclr` without options is the authors' transform (jitter 0.4 ×4 always, crop 0.2–1);
+    another recipe without options takes its own defaults (the MNIST config's `affine` has no jitter)."""
+    from labelless.data.augment import Augment
+    from labelless.methods.super_and import PAPER_AUGMENT_OPTIONS, paper_augment
+
+    x = torch.rand(16, 1, 28, 28)
+    for recipe, options in (("simclr", PAPER_AUGMENT_OPTIONS), ("affine", {})):
+        made = paper_augment(28, 1, recipe, None)
+        expected = Augment(recipe, size=28, channels=1, **options)
+        assert torch.equal(made(x, torch.Generator().manual_seed(3)), expected(x, torch.Generator().manual_seed(3)))
+    with pytest.raises(Exception, match="no option"):
+        paper_augment(28, 1, "affine", PAPER_AUGMENT_OPTIONS)  # the authors' options do not fit another recipe
