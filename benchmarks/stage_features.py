@@ -1,5 +1,6 @@
-"""Score the features of one stage of a finished run: k-means on them (ACC/NMI/ARI) or a linear probe
-(LINEAR). Evaluation only: the run is read from disk, never trained; labels reach the scores alone.
+"""Score the features of one stage of a finished run: k-means on them (ACC/NMI/ARI), a linear probe
+(LINEAR) or weighted kNN (KNN). Evaluation only: the run is read from disk, never trained; labels reach
+the scores alone.
 
     # issue 5: k-means on the RotNet features before LSD-C clusters them (paper: 14.3 on CIFAR-10)
     python benchmarks/stage_features.py runs/cifar10-lsd_c --stage rotnet --kmeans --split test \\
@@ -7,6 +8,8 @@
     # issue 6 §3: the comparison study's linear probes at conv3 / conv5 of a stage's backbone
     python benchmarks/stage_features.py runs/cifar10-pseudo_label --stage pseudo_label --probe --layer 3 \\
         --train-split train --split test --out benchmarks/results/pseudo_label-probe-conv3-cifar10.json
+    # issue 4: the Super-AND stage of a TwoStageUC run, by its paper's weighted kNN (k 200, τ 0.1)
+    python benchmarks/stage_features.py runs/cifar10-two_stage --stage super_and --knn --split test
 
 The stage is rebuilt from `RUN_DIR/checkpoints/<stage>.safetensors` (written when the stage finished;
 the last stage may also come from `model.safetensors`) with `labelless.predict.load_stage`: the stages
@@ -36,6 +39,15 @@ reduced — its ResNet-18 kept torchvision's head (global average pooling, one f
 hence the default `--grid 1`; DeepCluster's probes average-pool conv maps to ~9,600 features (use
 `--grid`) — and it trained the probe with SGD on augmented images, where this one is fitted to frozen
 features of the un-augmented images (the linear-evaluation protocol of Zhang et al. 2016).
+
+Weighted kNN (`--knn`): `labelless.evaluate.knn.knn_accuracy` (Wu et al. 2018's vote, the one
+`labelless train` reports; `--knn-k` 200, `--knn-temperature` 0.1), queries = the L2-normalised
+features of `--split`, bank = the method's own bank when it keeps one row per image of the training
+split (Super-AND's memory bank: the released code's protocol, VERIFIED-DETAILS.md), else the features
+of `--train-split` (default: the run's training split), embedded; the two splits must differ (a query
+would find itself). The stage's label-free diagnostics scored after training (`Method.diagnostics`,
+e.g. Super-AND's neighbourhood consistency per round, Fig. 4 of its paper) are added when the run's
+training split has labels.
 
 The result follows ../shared/RESULTS.md: `labels_used_in_training` is the run's (false unless it was
 weakly supervised); a probe adds `"labels_used_by_probe": true`. Bad input (unknown stage, missing
@@ -67,12 +79,14 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Name
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--kmeans", action="store_true", help="k-means on the features → ACC, NMI, ARI")
     what.add_argument("--probe", action="store_true", help="linear probe fitted on --train-split → LINEAR")
+    what.add_argument("--knn", action="store_true", help="weighted kNN, --split queries against a bank → KNN")
     p.add_argument("--layer", type=int, metavar="L",
                    help="features after macro-block L (1-based) of the stage's backbone instead of its embedding")
     p.add_argument("--grid", type=int, default=1, metavar="G",
                    help="with --layer: average-pool the map to G×G before flattening (default 1: global average)")
     p.add_argument("--split", help="split to score (default: the run's eval split, else test; all for digits)")
-    p.add_argument("--train-split", help="--probe: split the probe is fitted on (default: the run's training split)")
+    p.add_argument("--train-split", help="--probe: split the probe is fitted on; --knn: the bank's split (default: "
+                                         "the run's training split)")
     p.add_argument("--dataset", help="dataset to score (default: the run's)")
     p.add_argument("--data-root", help="where the dataset files are (default: the run's, else $LABELLESS_DATA, "
                                        "else ../shared/data)")
@@ -82,6 +96,8 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Name
     p.add_argument("--seed", type=int, help="k-means seed (default: the run's seed)")
     p.add_argument("--C", type=float, default=1.0, help="--probe: inverse L2 penalty (default 1.0)")
     p.add_argument("--max-iter", type=int, default=1000, help="--probe: L-BFGS iterations (default 1000)")
+    p.add_argument("--knn-k", type=int, default=200, help="--knn: neighbours that vote (default 200)")
+    p.add_argument("--knn-temperature", type=float, default=0.1, help="--knn: vote weight exp(s/τ) (default 0.1)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--batch-size", type=int, default=1024, help="images embedded at a time (default 1024)")
     p.add_argument("--out", help="write the result JSON (RESULTS.md) here")
@@ -214,7 +230,13 @@ def evaluate_stage(args: argparse.Namespace, command: str) -> dict:
     if args.grid < 1 or args.batch_size < 1:
         raise UserError("--grid and --batch-size must be at least 1")
     if args.kmeans and args.train_split is not None:
-        raise UserError("--train-split is the probe's fitting split: it needs --probe")
+        raise UserError("--train-split is the probe's fitting split or the kNN bank's: it needs --probe or --knn")
+    if not args.knn and (args.knn_k, args.knn_temperature) != (200, 0.1):
+        raise UserError("--knn-k and --knn-temperature set the kNN vote: they need --knn")
+    if args.knn and args.layer is not None:
+        raise UserError("--knn scores the stage's embedding (its own bank holds embeddings): drop --layer")
+    if args.knn and (args.knn_k < 1 or args.knn_temperature <= 0):
+        raise UserError("--knn-k must be at least 1 and --knn-temperature positive")
     if args.probe and args.k is not None:
         raise UserError("--k is the number of k-means clusters: it needs --kmeans")
     config = load_config(run_dir / "config.yaml")
@@ -266,6 +288,8 @@ def evaluate_stage(args: argparse.Namespace, command: str) -> dict:
         result["evaluation"] = "kmeans"
         result["kmeans"] = {"k": k, "n_init": KMEANS_INIT, "seed": seed, "l2_normalised": args.normalise}
         result["metrics"] = kmeans_scores(test, store.labels, k, seed)
+    elif args.knn:
+        result.update(knn_result(run, store, test, split, args, trained_on, root, options, dataset, features_of))
     else:
         train_split = args.train_split or trained_on
         if train_split == split:
@@ -288,9 +312,47 @@ def evaluate_stage(args: argparse.Namespace, command: str) -> dict:
     return result
 
 
+def _overlap(a: str, b: str) -> bool:
+    """Whether splits a and b share images: the same split, or `fit`/`holdout` and the split they are
+    drawn from (`train`, or `all` for digits and folders)."""
+    drawn = {"fit", "holdout"}
+    return a == b or (a in drawn) != (b in drawn) and {a, b} - drawn <= {"train", "all"}
+
+
+def knn_result(run, store, queries, split: str, args: argparse.Namespace, trained_on: str, root, options: dict,
+               dataset: str, features_of) -> dict:
+    """KNN of the `queries` (features of `store`, split `split`) against the method's bank or the embedded
+    bank split, and the method's diagnostics on the training split's labels (see the module docstring)."""
+    import torch.nn.functional as F
+
+    from labelless.evaluate.knn import knn_accuracy
+
+    bank_split = args.train_split or trained_on
+    if _overlap(bank_split, split):
+        raise UserError(f"--knn needs a bank split that shares no image with the queries' ('{split}'), got "
+                        f"'{bank_split}': a query would find itself")
+    bank_store = _load_labelled(dataset, bank_split, root, options, "vote with")
+    _check_fits(bank_store, run, dataset, bank_split)
+    own = run.method.knn_bank() if bank_split == trained_on else None
+    if own is not None and len(own) == len(bank_store):
+        bank, source = own.detach().float().cpu(), "the method's memory bank"
+    else:
+        bank, source = features_of(bank_store.images, bank_split), "the bank split, embedded"
+    bank, queries = F.normalize(bank.float(), dim=1), F.normalize(queries.float(), dim=1)
+    out = {"evaluation": "knn",
+           "knn": {"k": args.knn_k, "temperature": args.knn_temperature, "bank": source, "bank_split": bank_split,
+                   "n_bank": len(bank_store)},
+           "metrics": {"KNN": knn_accuracy(bank, bank_store.labels.cpu(), queries, store.labels.cpu(), args.knn_k,
+                                           args.knn_temperature)}}
+    if bank_split == trained_on:  # evaluation only: the labels of the images the stage trained on
+        out.update(run.method.diagnostics(bank_store.labels.cpu(), Path(args.run_dir)))
+    return out
+
+
 def _print(result: dict) -> None:
     shown = {**{key: result[key] for key in ("method", "stage", "dataset", "split", "evaluation")},
              "features": ", ".join(f"{k} {v}" for k, v in result["features"].items()), **result["metrics"],
+             **{f"consistency round {r}": v for r, v in result.get("neighbourhood_consistency", {}).items()},
              "wall_seconds": result["wall_seconds"]}
     width = max(len(key) for key in shown)
     for key, value in shown.items():

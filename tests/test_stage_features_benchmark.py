@@ -16,6 +16,7 @@ from labelless.cli import load_benchmark
 from labelless.config import load_config
 from labelless.data.sources import load_dataset
 from labelless.data.stores import to_float
+from labelless.evaluate.knn import knn_accuracy
 from labelless.evaluate.metrics import cluster_metrics
 from labelless.evaluate.probe import linear_probe
 from labelless.pipeline import kmeans_predictions, train
@@ -181,12 +182,77 @@ def test_an_unfinished_run_without_run_json_still_gives_its_finished_stage(bench
     assert code == 2 and "has no trained weights" in err and "has not finished" in err
 
 
+# Super-AND on the digits' `fit` split, 2 rounds of 1 epoch: round 1 selects and writes its pairs
+SUPER_AND = {
+    "name": "tiny-super_and", "seed": 0, "device": "cpu", "dataset": {"name": "digits", "split": "fit"},
+    "train": {"batch_size": 128, "optimizer": "sgd", "lr": 0.03, "epochs": 2, "restart_every": 1,
+              "schedule": "constant", "drop_last": True},
+    "stages": [{"name": "super_and", "method": {"name": "super_and", "backbone": "mlp", "epochs_per_round": 1,
+                                                "augment": "affine"}}],
+}
+
+
+@pytest.fixture(scope="module")
+def super_and_run(tmp_path_factory):
+    store = load_dataset("digits", split="fit")
+    return train(load_config(SUPER_AND), tmp_path_factory.mktemp("super_and"), progress=False, store=store), store
+
+
+def test_knn_on_a_super_and_stage_votes_with_its_memory_bank_and_adds_the_round_consistency(
+        bench, super_and_run, holdout, capsys, tmp_path):
+    run, fit = super_and_run
+    out = tmp_path / "knn.json"
+    code, _, err = run_script(bench, capsys, run.run_dir, "--stage", "super_and", "--knn", "--split", "holdout",
+                              "--device", "cpu", "--json", "--out", out)
+    assert code == 0, err
+    result = json.loads(out.read_text())
+    stage = load_stage(run.run_dir, "super_and")
+    memory = stage.method.memory.memory
+    assert memory.shape == (len(fit), 128) and torch.equal(memory, run.method.memory.memory)
+    with torch.no_grad():
+        queries = stage.embed(holdout.images)
+    expected = knn_accuracy(F.normalize(memory, dim=1), fit.labels, F.normalize(queries, dim=1), holdout.labels)
+    assert result["metrics"] == {"KNN": pytest.approx(expected, abs=1e-12)} and 0.1 < expected <= 1
+    assert result["knn"] == {"k": 200, "temperature": 0.1, "bank": "the method's memory bank", "bank_split": "fit",
+                             "n_bank": len(fit)}
+    pairs = torch.load(run.run_dir / "artefacts" / "round_1_pairs.pt", weights_only=True)
+    agree = float((fit.labels[pairs[:, 0]] == fit.labels[pairs[:, 1]]).float().mean())
+    assert len(pairs) == len(fit) // 4 and result["neighbourhood_consistency"] == {"1": pytest.approx(agree)}
+    assert (result["evaluation"], result["split"], result["train_split"]) == ("knn", "holdout", "fit")
+    assert result["labels_used_in_training"] is False
+
+
+def test_knn_on_a_stage_without_a_bank_embeds_the_bank_split(bench, tiny_run, holdout, capsys, tmp_path):
+    run, rotnet = tiny_run
+    fit = load_dataset("digits", split="fit")
+    code, out, err = run_script(bench, capsys, run.run_dir, "--stage", "rotnet", "--knn", "--split", "holdout",
+                                "--train-split", "fit", "--knn-k", "7", "--device", "cpu", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    with torch.no_grad():
+        bank, queries = (F.normalize(rotnet.embed(to_float(s.images)).float(), dim=1) for s in (fit, holdout))
+    assert result["metrics"]["KNN"] == pytest.approx(knn_accuracy(bank, fit.labels, queries, holdout.labels, 7),
+                                                     abs=1e-12)
+    assert result["knn"]["bank"] == "the bank split, embedded" and "neighbourhood_consistency" not in result
+
+
+def test_splits_that_share_images_are_spotted(bench):
+    for a, b in (("train", "train"), ("holdout", "train"), ("all", "fit"), ("fit", "all")):
+        assert bench._overlap(a, b) and bench._overlap(b, a)
+    for a, b in (("fit", "holdout"), ("train", "test"), ("holdout", "test")):
+        assert not bench._overlap(a, b) and not bench._overlap(b, a)
+
+
 @pytest.mark.parametrize("options, message", [
+    (["--stage", "rotnet", "--knn", "--split", "holdout"], "shares no image with the queries' ('holdout'), got 'all'"),
+    (["--stage", "rotnet", "--knn", "--split", "holdout", "--train-split", "fit", "--layer", "1"], "drop --layer"),
+    (["--stage", "rotnet", "--kmeans", "--knn-k", "5"], "they need --knn"),
+    (["--stage", "rotnet", "--knn", "--knn-temperature", "0"], "--knn-temperature positive"),
     (["--stage", "nope", "--kmeans"], "has no stage 'nope': its stages are rotnet, lsd_c"),
     (["--stage", "rotnet", "--probe", "--layer", "4"], "--layer 4 is out of range: stage 'rotnet' has 3 macro-blocks"),
     (["--stage", "rotnet", "--probe", "--layer", "0"], "out of range"),
     (["--stage", "rotnet", "--kmeans", "--grid", "2"], "--grid pools a block's map: it needs --layer"),
-    (["--stage", "rotnet", "--kmeans", "--train-split", "fit"], "it needs --probe"),
+    (["--stage", "rotnet", "--kmeans", "--train-split", "fit"], "it needs --probe or --knn"),
     (["--stage", "rotnet", "--kmeans", "--split", "test"], "digits"),  # digits has no test split
     (["--stage", "rotnet", "--kmeans", "--k", "1"], "--k must be between 2 and the number of images (1797)"),
 ])
