@@ -277,7 +277,7 @@ def evaluate_stage(args: argparse.Namespace, command: str) -> dict:
         features_info["map"] = "×".join(str(n) for n in map_shape[0])
         features_info["pool"] = ("none (the block outputs vectors)" if len(map_shape[0]) != 3 else "global average"
                                  if args.grid == 1 else f"adaptive average to {args.grid}×{args.grid}")
-    features_info.update(dim=int(test.shape[1]), l2_normalised=args.normalise)
+    features_info.update(dim=int(test.shape[1]), l2_normalised=args.normalise or args.knn)  # kNN normalises
     trained_on = _training_split(config)
     result = {"method": run.method.name, "dataset": dataset, "split": split, "train_split": trained_on,
               "run": str(run_dir), "stage": args.stage, "stages": [s.name for s in run.config.stages],

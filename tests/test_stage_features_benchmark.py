@@ -234,6 +234,7 @@ def test_knn_on_a_stage_without_a_bank_embeds_the_bank_split(bench, tiny_run, ho
     assert result["metrics"]["KNN"] == pytest.approx(knn_accuracy(bank, fit.labels, queries, holdout.labels, 7),
                                                      abs=1e-12)
     assert result["knn"]["bank"] == "the bank split, embedded" and "neighbourhood_consistency" not in result
+    assert result["features"]["l2_normalised"] is True  # the vote compares normalised features
 
 
 def test_splits_that_share_images_are_spotted(bench):
