@@ -312,23 +312,17 @@ def evaluate_stage(args: argparse.Namespace, command: str) -> dict:
     return result
 
 
-def _overlap(a: str, b: str) -> bool:
-    """Whether splits a and b share images: the same split, or `fit`/`holdout` and the split they are
-    drawn from (`train`, or `all` for digits and folders)."""
-    drawn = {"fit", "holdout"}
-    return a == b or (a in drawn) != (b in drawn) and {a, b} - drawn <= {"train", "all"}
-
-
 def knn_result(run, store, queries, split: str, args: argparse.Namespace, trained_on: str, root, options: dict,
                dataset: str, features_of) -> dict:
     """KNN of the `queries` (features of `store`, split `split`) against the method's bank or the embedded
     bank split, and the method's diagnostics on the training split's labels (see the module docstring)."""
     import torch.nn.functional as F
 
+    from labelless.data.sources import splits_overlap
     from labelless.evaluate.knn import knn_accuracy
 
     bank_split = args.train_split or trained_on
-    if _overlap(bank_split, split):
+    if splits_overlap(dataset, bank_split, split):
         raise UserError(f"--knn needs a bank split that shares no image with the queries' ('{split}'), got "
                         f"'{bank_split}': a query would find itself")
     bank_store = _load_labelled(dataset, bank_split, root, options, "vote with")

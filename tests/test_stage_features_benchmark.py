@@ -237,11 +237,15 @@ def test_knn_on_a_stage_without_a_bank_embeds_the_bank_split(bench, tiny_run, ho
     assert result["features"]["l2_normalised"] is True  # the vote compares normalised features
 
 
-def test_splits_that_share_images_are_spotted(bench):
-    for a, b in (("train", "train"), ("holdout", "train"), ("all", "fit"), ("fit", "all")):
-        assert bench._overlap(a, b) and bench._overlap(b, a)
-    for a, b in (("fit", "holdout"), ("train", "test"), ("holdout", "test")):
-        assert not bench._overlap(a, b) and not bench._overlap(b, a)
+def test_splits_that_share_images_are_spotted():
+    from labelless.data.sources import splits_overlap
+
+    for name, a, b in (("mnist", "train", "train"), ("mnist", "holdout", "train"), ("digits", "all", "fit"),
+                       ("folder:/x", "all", "holdout"), ("cifar10", "fit", "train")):
+        assert splits_overlap(name, a, b) and splits_overlap(name, b, a), (name, a, b)
+    for name, a, b in (("mnist", "fit", "holdout"), ("mnist", "train", "test"), ("cifar10", "holdout", "test"),
+                       ("digits", "train", "fit")):
+        assert not splits_overlap(name, a, b) and not splits_overlap(name, b, a), (name, a, b)
 
 
 @pytest.mark.parametrize("options, message", [

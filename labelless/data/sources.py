@@ -136,8 +136,20 @@ def holdout_rows(n: int) -> torch.Tensor:
     return permutation[:size].sort().values
 
 
+def holdout_parent(name: str) -> str:
+    """The split of dataset `name` that `fit` and `holdout` divide: `train`, or `all` for digits and folders."""
+    return DEFAULT_SPLIT.get("folder" if name.startswith("folder:") else name, "train")
+
+
+def splits_overlap(name: str, a: str, b: str) -> bool:
+    """Whether splits a and b of dataset `name` share images: the same split, or `fit`/`holdout` and the
+    split they are drawn from (a kNN bank must share none with its queries)."""
+    parent = holdout_parent(name)
+    return a == b or {a, b} in ({"fit", parent}, {"holdout", parent})
+
+
 def _holdout_split(name: str, split: str, root: str | Path | None, download: bool, options: dict) -> ImageStore:
-    parent = DEFAULT_SPLIT.get("folder" if name.startswith("folder:") else name, "train")
+    parent = holdout_parent(name)
     share = HOLDOUT_FRACTION if split == "holdout" else 1 - HOLDOUT_FRACTION
     store = load_dataset(name, split=parent, root=root, download=download, **options)
     if store.streamed:  # a random subset of a memory map is a copy in memory: larger than memory, by definition
