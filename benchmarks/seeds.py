@@ -13,7 +13,15 @@ repeated, continues; finished seeds are kept in DIR/seeds_chain.json and skipped
 then the sum of its calls' (start-ups counted every call) and `chained_calls` says how many it took.
 
     python benchmarks/seeds.py --seeds 0 --time-limit 8.5 --run-root /root/runs/lsd_c --out lsd_c.json -- \
-        train --config configs/cifar10/lsd_c.yaml --device cuda"""
+        train --config configs/cifar10/lsd_c.yaml --device cuda
+
+Seeds too long for one session (a 67-minute CPU seed) are added to a file written earlier with `--add-to`:
+the new seeds run as usual, and the file is rewritten with both sets of per-seed results and the mean ±
+std over all of them. It must come from the same labelless command (method, dataset, split, variant,
+epochs, device), and each per-seed entry keeps the commit it was made at.
+
+    python benchmarks/seeds.py --seeds 1 2 --add-to benchmarks/results/two_stage-mnist-cpu.json \
+        --out benchmarks/results/two_stage-mnist-cpu.json -- train --config configs/mnist/two_stage.yaml …"""
 from __future__ import annotations
 
 import argparse
@@ -36,17 +44,64 @@ def _save_state(path: Path, state: dict) -> None:
     path.write_text(json.dumps(state, indent=2) + "\n")
 
 
+def _mean_std(per_seed: list[dict]) -> dict:
+    """Mean and population std over seeds of each metric that every seed has."""
+    keys = [k for k in METRICS if all(k in r for r in per_seed)]
+    return {"metrics": {k: statistics.mean(r[k] for r in per_seed) for k in keys},
+            "metrics_std": {k: statistics.pstdev(r[k] for r in per_seed) for k in keys}}
+
+
 def _also_scored(runs: list[dict]) -> dict:
     """`--also-score SPLIT` (e.g. train, which some papers score): that split's mean ± std over seeds."""
     splits = [split for split in runs[0].get("also_scored", {}) if all(split in r.get("also_scored", {}) for r in runs)]
     out = {}
     for split in splits:
-        scored = [r["also_scored"][split] for r in runs]
+        scored = [{"seed": r["seed"], **r["also_scored"][split]} for r in runs]
         keys = [k for k in METRICS if all(k in m for m in scored)]
-        out[split] = {"metrics": {k: statistics.mean(m[k] for m in scored) for k in keys},
-                      "metrics_std": {k: statistics.pstdev(m[k] for m in scored) for k in keys},
-                      "per_seed": [{"seed": r["seed"], **{k: m[k] for k in keys}} for r, m in zip(runs, scored)]}
+        out[split] = {**_mean_std(scored), "per_seed": [{"seed": m["seed"], **{k: m[k] for k in keys}} for m in scored]}
     return {"also_scored": out} if out else {}
+
+
+# what must agree for seeds of two runs to be one result (command: the labelless command before its seed)
+SAME_RUN = ("method", "dataset", "split", "train_split", "epochs", "variant", "head_selection",
+            "labels_used_in_training", "labelled_fraction", "device")
+
+
+def _labelless_command(command: str) -> str:
+    return command.split(" --seed S")[0]
+
+
+def add_to(earlier: dict, new: dict) -> dict:
+    """`new` (this call's seeds) merged into `earlier` (a file this script wrote before): per-seed results of
+    both, each with its commit, and the mean ± std over all of them. ValueError (one line) when the two are
+    not the same run, or share a seed."""
+    for key in SAME_RUN:
+        if earlier.get(key) != new.get(key):
+            raise ValueError(f"--add-to: not the same run: {key} is {earlier.get(key)!r} there, {new.get(key)!r} here")
+    if _labelless_command(earlier.get("command", "")) != _labelless_command(new["command"]):
+        raise ValueError(f"--add-to: not the same command: {_labelless_command(earlier.get('command', ''))!r} "
+                         f"there, {_labelless_command(new['command'])!r} here")
+    shared = sorted(set(earlier["seeds"]) & set(new["seeds"]))
+    if shared:
+        raise ValueError(f"--add-to: seed(s) {shared} already in the file; run other seeds")
+    if "per_seed" not in earlier or len(earlier["per_seed"]) != len(earlier["seeds"]):
+        raise ValueError("--add-to: the file has no per-seed results to add to")
+    per_seed = sorted([{**r, "commit": r.get("commit", earlier["commit"])} for r in earlier["per_seed"]]
+                      + [{**r, "commit": new["commit"]} for r in new["per_seed"]], key=lambda r: r["seed"])
+    merged = {**earlier, **new, "seeds": [r["seed"] for r in per_seed], **_mean_std(per_seed), "per_seed": per_seed,
+              "wall_seconds": statistics.mean(r["wall_seconds"] for r in per_seed)}
+    also = {}
+    for split in set(earlier.get("also_scored", {})) & set(new.get("also_scored", {})):
+        rows = sorted(earlier["also_scored"][split]["per_seed"] + new["also_scored"][split]["per_seed"],
+                      key=lambda r: r["seed"])
+        also[split] = {**_mean_std(rows), "per_seed": rows}
+    merged.pop("also_scored", None)
+    if also:
+        merged["also_scored"] = also
+    if "note" in earlier:
+        merged["note"] = (f"{earlier['note']} Seeds {new['seeds']} added at {new['commit'][:7]} "
+                          f"({new['created']}) by seeds.py --add-to.")
+    return merged
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,9 +111,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-limit", type=float, metavar="MIN",
                         help="chain mode (needs --run-root): stop after MIN minutes, exit 75; repeat the same command")
     parser.add_argument("--run-root", help="chain mode: seed S trains in RUN_ROOT/seedS (outside the checkout)")
+    parser.add_argument("--add-to", metavar="FILE",
+                        help="a result file of the same command written earlier: merge these seeds into it")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the labelless command and its options")
     args = parser.parse_args(argv)
     command = [c for c in args.command if c != "--"]
+    earlier = None
+    if args.add_to:
+        try:
+            earlier = json.loads(Path(args.add_to).read_text())
+        except (OSError, ValueError) as err:
+            print(f"--add-to: cannot read {args.add_to}: {err}", file=sys.stderr)
+            return 2
+        shared = sorted(set(earlier.get("seeds", [])) & set(args.seeds))
+        if shared:  # refused before hours of training, not after
+            print(f"--add-to: seed(s) {shared} already in {args.add_to}; run other seeds", file=sys.stderr)
+            return 2
     if args.time_limit is not None and not args.run_root:
         print("--time-limit needs --run-root: the chain's checkpoints must outlive the call", file=sys.stderr)
         return 2
@@ -115,8 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         "method": first["method"], "dataset": first["dataset"], "split": first["split"],
         "train_split": first.get("train_split", first["split"]),
         "seeds": args.seeds,
-        "metrics": {k: statistics.mean(r[k] for r in runs) for k in keys},
-        "metrics_std": {k: statistics.pstdev(r[k] for r in runs) for k in keys},
+        **_mean_std(runs),
         **{key: first[key] for key in ("epochs", "variant") if key in first},
         "per_seed": [{"seed": r["seed"], **{k: r[k] for k in keys}, "wall_seconds": round(r["wall_seconds"], 1),
                       **({"ACC_PER_HEAD": r["ACC_PER_HEAD"]} if "ACC_PER_HEAD" in r else {}),
@@ -136,6 +203,13 @@ def main(argv: list[str] | None = None) -> int:
                 + (f" --time-limit M (chained: python benchmarks/seeds.py --time-limit {args.time_limit:g})"
                    if args.time_limit is not None else "")),
     }
+    if earlier is not None:
+        try:
+            out = add_to(earlier, out)
+        except ValueError as err:  # this call's own result is kept beside the file it could not join
+            Path(args.out).with_suffix(".new.json").write_text(json.dumps(out, indent=2) + "\n")
+            print(f"{err}; this call's seeds are in {Path(args.out).with_suffix('.new.json')}", file=sys.stderr)
+            return 2
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out["metrics"]), file=sys.stderr)
     return 0
