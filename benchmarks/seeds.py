@@ -32,6 +32,7 @@ import sys
 import time
 from pathlib import Path
 
+from labelless.cli import positive_float
 from labelless.errors import EXIT_TIME_LIMIT
 from labelless.provenance import stamp
 
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="result JSON to write")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds, one process each")
-    parser.add_argument("--time-limit", type=float, metavar="MIN",
+    parser.add_argument("--time-limit", type=positive_float, metavar="MIN",
                         help="chain mode (needs --run-root): stop after MIN minutes, exit 75; repeat the same command")
     parser.add_argument("--run-root", help="chain mode: seed S trains in RUN_ROOT/seedS (outside the checkout)")
     parser.add_argument("--add-to", metavar="FILE",

@@ -57,7 +57,8 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from labelless.errors import EXIT_TIME_LIMIT, UserError  # noqa: E402  (light: `import labelless` loads no torch)
+from labelless.cli import positive_float  # noqa: E402  (light: `import labelless` loads no torch)
+from labelless.errors import EXIT_TIME_LIMIT, UserError  # noqa: E402
 
 METRICS = ("ACC", "NMI", "ARI", "ACC_CONFIDENT", "CONFIDENT_FRACTION")
 
@@ -65,8 +66,8 @@ METRICS = ("ACC", "NMI", "ARI", "ACC_CONFIDENT", "CONFIDENT_FRACTION")
 def parse_args(argv: list[str] | None, prog: str | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="the pipeline, e.g. configs/mnist/fast.yaml")
-    p.add_argument("--budget-min", type=float, default=10.0, help="wall-clock budget in minutes (default 10)")
-    p.add_argument("--reference-min", type=float, default=10.0,
+    p.add_argument("--budget-min", type=positive_float, default=10.0, help="wall-clock budget in minutes (default 10)")
+    p.add_argument("--reference-min", type=positive_float, default=10.0,
                    help="the budget the config's epochs are tuned for (default 10)")
     p.add_argument("--fixed-min", type=float, default=0.0,
                    help="minutes of a run that do not grow with epochs (start-up, compilation, mining); epochs "
@@ -83,7 +84,7 @@ def parse_args(argv: list[str] | None, prog: str | None) -> argparse.Namespace:
     p.add_argument("--out", help="result JSON to write")
     p.add_argument("--png", help="curve of test ACC against minutes (default: next to --out)")
     p.add_argument("--no-curve", action="store_true", help="skip the evaluation-only ACC curve")
-    p.add_argument("--time-limit", type=float, metavar="MIN",
+    p.add_argument("--time-limit", type=positive_float, metavar="MIN",
                    help=f"chain mode (needs --run-dir): stop after MIN minutes at an epoch end, checkpointed, exit "
                         f"{EXIT_TIME_LIMIT}; repeat the same command to continue (budgets longer than one call)")
     p.add_argument("--warm-compile-cache", action="store_true",

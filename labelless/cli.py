@@ -47,7 +47,7 @@ def _print(result: dict, as_json: bool) -> None:
         print(f"{key:<{width}}  {shown}")
 
 
-def _positive_float(text: str) -> float:
+def positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -473,7 +473,7 @@ def _add_chain_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue each stage from its checkpoint in --run-dir (stages without one start fresh): "
                         "repeat the same command to chain time-limited calls")
-    p.add_argument("--time-limit", type=_positive_float, metavar="MIN",
+    p.add_argument("--time-limit", type=positive_float, metavar="MIN",
                    help="stop at the last epoch end that fits in MIN minutes from the command's start, checkpoint, "
                         f"and exit {EXIT_TIME_LIMIT}; the same command with --resume continues (chains of "
                         "time-limited calls; every call trains at least one epoch)")

@@ -38,6 +38,11 @@ def test_fixed_minutes_must_leave_time_for_epochs(tta, capsys):
         with pytest.raises(SystemExit) as stop:
             tta.parse_args(["--config", "c.yaml", *bad], None)
         assert stop.value.code == 2 and "--fixed-min must be" in capsys.readouterr().err
+    for option in ("--budget-min", "--reference-min", "--time-limit"):
+        for bad in ("0", "-1", "nan", "ten"):
+            with pytest.raises(SystemExit) as stop:
+                tta.parse_args(["--config", "c.yaml", option, bad], None)
+            assert stop.value.code == 2 and f"{option}: expected a positive number, got '{bad}'" in capsys.readouterr().err
 
 
 def test_tuning_trains_on_fit_and_scores_holdout_instead_of_test(tta):
