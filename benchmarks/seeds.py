@@ -72,6 +72,12 @@ def _labelless_command(command: str) -> str:
     return command.split(" --seed S")[0]
 
 
+def seeds_already_in(earlier: dict, seeds: list[int], where: str) -> str | None:
+    """The one-line refusal when `--add-to` would add a seed the earlier file already holds, else None."""
+    shared = sorted(set(earlier.get("seeds", [])) & set(seeds))
+    return f"--add-to: seed(s) {shared} already in {where}; run other seeds" if shared else None
+
+
 def add_to(earlier: dict, new: dict) -> dict:
     """`new` (this call's seeds) merged into `earlier` (a file this script wrote before): per-seed results of
     both, each with its commit, and the mean ± std over all of them. ValueError (one line) when the two are
@@ -82,9 +88,9 @@ def add_to(earlier: dict, new: dict) -> dict:
     if _labelless_command(earlier.get("command", "")) != _labelless_command(new["command"]):
         raise ValueError(f"--add-to: not the same command: {_labelless_command(earlier.get('command', ''))!r} "
                          f"there, {_labelless_command(new['command'])!r} here")
-    shared = sorted(set(earlier["seeds"]) & set(new["seeds"]))
-    if shared:
-        raise ValueError(f"--add-to: seed(s) {shared} already in the file; run other seeds")
+    clash = seeds_already_in(earlier, new["seeds"], "the file")
+    if clash:
+        raise ValueError(clash)
     if "per_seed" not in earlier or len(earlier["per_seed"]) != len(earlier["seeds"]):
         raise ValueError("--add-to: the file has no per-seed results to add to")
     per_seed = sorted([{**r, "commit": r.get("commit", earlier["commit"])} for r in earlier["per_seed"]]
@@ -124,9 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError) as err:
             print(f"--add-to: cannot read {args.add_to}: {err}", file=sys.stderr)
             return 2
-        shared = sorted(set(earlier.get("seeds", [])) & set(args.seeds))
-        if shared:  # refused before hours of training, not after
-            print(f"--add-to: seed(s) {shared} already in {args.add_to}; run other seeds", file=sys.stderr)
+        clash = seeds_already_in(earlier, args.seeds, args.add_to)
+        if clash:  # refused before hours of training, not after
+            print(clash, file=sys.stderr)
             return 2
     if args.time_limit is not None and not args.run_root:
         print("--time-limit needs --run-root: the chain's checkpoints must outlive the call", file=sys.stderr)
