@@ -141,6 +141,14 @@ def test_the_shipped_configs_pass_the_schedule_check(path):
     tiny(**params).check_train(stage.train)
 
 
+def test_the_mnist_ablation_config_is_the_two_stage_pipelines_first_stage():
+    """The ablations of configs/mnist/super_and.yaml are compared with the Super-AND stage of the
+    two_stage runs: the full recipe must be that stage, key for key."""
+    alone, pipeline = (load_config(PROJECT_CONFIGS / "mnist" / name) for name in ("super_and.yaml", "two_stage.yaml"))
+    assert len(alone.stages) == 1 and alone.dataset == pipeline.dataset
+    assert alone.stages[0].method == pipeline.stages[0].method and alone.stages[0].train == pipeline.stages[0].train
+
+
 @pytest.mark.parametrize("method, train, message", [
     # the silent case: only the round length and the epochs changed
     ({"epochs_per_round": 40}, {"epochs": 200}, "restarts every 200"),
