@@ -52,7 +52,7 @@ def unification_entropy_loss(bank_logits: Tensor, indices: Tensor, exclude_self:
     return -(log_p.exp() * log_p.masked_fill(torch.isinf(log_p), 0.0)).sum(1).mean()
 
 
-def isif_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1) -> Tensor:
+def isif_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, metric: Tensor | None = None) -> Tensor:
     """ISIF (Ye et al. 2019, Eq. 7–8; TwoStageUC Eq. 10–11; Super-AND Eq. 13–14), two terms:
         L = −(1/2B) [ Σ_i ln p_i + Σ_i Σ_{j ∉ {i, i′}} ln(1 − p_ij) ],
     over the 2B L2-normalised rows z = [z1; z2], where i′ is the other view of row i's image and,
@@ -60,13 +60,22 @@ def isif_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1) -> Tensor:
     of j. The right-hand side of every dot product (the "key") is detached, as in the released code.
 
     Super-AND applies it to the relationship vectors (each view's bank logits, normalised here);
-    TwoStageUC's L_cp to the 128-d embeddings. z1, z2: B×D, normalised here.
+    TwoStageUC's L_cp to the 128-d embeddings. z1, z2: B×D, normalised here. With `metric` G (D×D,
+    symmetric positive semi-definite) every dot product is z_iᵀ·G·z_j: Super-AND passes its embeddings
+    and G = MᵀM, the dot products of their relationship vectors z·Mᵀ, without forming those.
     Identical views of orthogonal rows give −ln q − (2B−2)·ln(1 − q·e^{−1/τ}),
     q = e^{1/τ}/(e^{1/τ} + 2B − 2).
     """
-    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)  # z: 2B×D
+    z = torch.cat([z1, z2]).float()  # z: 2B×D
     n = len(z1)
-    logits = z @ z.detach().t() / temperature  # 2B×2B
+    if metric is None:
+        z = F.normalize(z, dim=1)
+        keys = z.detach()
+    else:
+        metric = metric.float()
+        z = z / ((z @ metric) * z).sum(1, keepdim=True).clamp_min(1e-24).sqrt()  # unit length under G
+        keys = (z @ metric).detach()
+    logits = z @ keys.t() / temperature  # 2B×2B
     self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
     p = logits.masked_fill(self_mask, float("-inf")).softmax(1)
     other_view = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)

@@ -198,8 +198,9 @@ class SuperAND(Method):
             ue = unification_entropy_loss(bank_logits, rows, self.ue_exclude_self)
             loss, logs["ue"] = loss + self.ue_weight * ue, ue.detach()
         if self.aug_loss:
-            # r_i: the relationship vectors, each view's similarities to the whole bank (Eq. 2)
-            aug = isif_loss(bank_logits[:n], bank_logits[n:], self.aug_temperature)
+            # on the relationship vectors r_i = v_i·Mᵀ, each view's similarities to the whole bank (Eq. 2),
+            # whose dot products are v_iᵀ·MᵀM·v_j: the same loss without the 2n×N vectors
+            aug = isif_loss(embeddings[:n], embeddings[n:], self.aug_temperature, metric=self.memory.gram())
             loss, logs["aug"] = loss + aug, aug.detach()
         # one EMA write per sample per step (the code writes both views into one slot from the old
         # value, so one of them survives): the first view's

@@ -50,6 +50,15 @@ class MemoryBank(nn.Module):
             return embeddings.float() @ self.memory.t() / temperature
 
     @torch.no_grad()
+    def gram(self) -> Tensor:
+        """MᵀM (D×D, float32). The relationship vectors r = E·Mᵀ (B×N, Super-AND Eq. 2) have the dot
+        products r_i·r_j = e_iᵀ·MᵀM·e_j, so a loss of their normalised dot products (the augmentation
+        loss, `isif_loss(..., metric=MᵀM)`) needs O(N·D²) a step instead of O(B²·N) forward and backward."""
+        with torch.autocast(self.memory.device.type, enabled=False):
+            memory = self.memory.float()
+            return memory.t() @ memory
+
+    @torch.no_grad()
     def update(self, indices: Tensor, embeddings: Tensor) -> None:
         """m_i ← normalise(μ·m_i + (1 − μ)·v_i) for each row i of `indices` (one embedding per index).
 

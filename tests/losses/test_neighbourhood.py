@@ -115,3 +115,18 @@ def test_bank_entropy_matches_the_direct_softmax_and_chunking() -> None:
     memory = F.normalize(torch.randn(9, 4, generator=torch.Generator().manual_seed(3)), dim=1)
     direct = entropy((memory @ memory.t() / 0.1).softmax(1))
     assert torch.allclose(bank_entropy(memory, 0.1, chunk_size=2), direct, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [300, 5])  # a bank wider than D, and one of fewer rows than D (rank-deficient)
+def test_isif_under_the_banks_gram_metric_is_isif_on_the_relationship_vectors_value_and_gradient(rows) -> None:
+    g = torch.Generator().manual_seed(3)
+    bank = MemoryBank(dim=16)
+    bank.memory = F.normalize(torch.randn(rows, 16, generator=g), dim=1)
+    embeddings = F.normalize(torch.randn(12, 16, generator=g), dim=1)
+    full, metric = embeddings.clone().requires_grad_(), embeddings.clone().requires_grad_()
+    expected = isif_loss(*bank.logits(full, 0.1).chunk(2), 0.1)  # on the 12×rows relationship vectors
+    found = isif_loss(*metric.chunk(2), 0.1, metric=bank.gram())
+    expected.backward(), found.backward()
+    assert found.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert torch.allclose(metric.grad, full.grad, rtol=1e-4, atol=1e-6)
+    assert full.grad.abs().sum() > 0 and bank.gram().shape == (16, 16)
