@@ -300,7 +300,7 @@ def _build_stage(raw: dict, prefix: str) -> StageConfig:
         if key not in ("name", "method", "train"):
             # The one-stage spelling has no stage mapping of its own, so its keys live at top level.
             raise _unknown(prefix + key, [prefix + k for k in ("name", "method", "train")])
-    name = _coerce(raw["name"], str, prefix + "name")
+    name = coerce(raw["name"], str, prefix + "name")
     if not _STAGE_NAME.match(name):
         raise UserError(f"config key '{prefix}name' must be letters, digits, '_', '-' or '.', got {name!r}")
     train = _build(TrainConfig, _mapping(raw.get("train"), prefix + "train"), prefix + "train.")
@@ -319,18 +319,19 @@ def _build(cls: type, raw: dict, prefix: str, skip: Sequence[str] = ()) -> Any:
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
         raise UserError(f"config key '{prefix}{missing[0]}' is required")
-    values = {key: value if key in skip else _coerce(value, hints[key], prefix + key) for key, value in raw.items()}
+    values = {key: value if key in skip else coerce(value, hints[key], prefix + key) for key, value in raw.items()}
     return cls(**values)
 
 
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """`value` as type `hint` (the few shapes our dataclasses use), or a UserError naming `key`."""
+def coerce(value: Any, hint: Any, key: str) -> Any:
+    """`value` as type `hint` (the few shapes our dataclasses and method constructors use), or a
+    UserError naming `key`."""
     origin = get_origin(hint)
     if origin in (Union, types.UnionType):
         if value is None:
             return None
         (inner,) = [arg for arg in get_args(hint) if arg is not type(None)]
-        return _coerce(value, inner, key)
+        return coerce(value, inner, key)
     if hint is Any:
         return value
     if hint is bool:
@@ -347,17 +348,17 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
         raise UserError(f"config key '{key}' must be text, got {value!r}")
-    if origin is list:
+    if origin in (list, Sequence):
         if not isinstance(value, (list, tuple)):
             raise UserError(f"config key '{key}' must be a list, got {value!r}")
         (inner,) = get_args(hint)
-        return [_coerce(item, inner, f"{key}.{i}") for i, item in enumerate(value)]
+        return [coerce(item, inner, f"{key}.{i}") for i, item in enumerate(value)]
     if origin is tuple:
         inner = get_args(hint)
         if not isinstance(value, (list, tuple)) or len(value) != len(inner):
             raise UserError(f"config key '{key}' must be a list of {len(inner)} values, got {value!r}")
-        return tuple(_coerce(item, t, f"{key}.{i}") for i, (item, t) in enumerate(zip(value, inner)))
-    if origin is dict:
+        return tuple(coerce(item, t, f"{key}.{i}") for i, (item, t) in enumerate(zip(value, inner)))
+    if origin is dict or hint is dict:
         return dict(_mapping(value, key))
     raise TypeError(f"no coercion for {hint!r}")  # a programming error in this module, not the user's
 

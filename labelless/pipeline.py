@@ -14,12 +14,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, get_type_hints
 
 import torch
 from torch import Tensor
 
-from labelless.config import RunConfig, save_config
+from labelless.config import RunConfig, coerce, save_config
 from labelless.data.sources import load_dataset
 from labelless.data.stores import ImageStore, partial_labels, to_float
 from labelless.errors import UserError
@@ -109,12 +109,22 @@ class Run:
         return [torch.cat([heads[h].float().cpu() for heads in chunks]) for h in range(len(chunks[0]))]
 
 
+BUILT_PARAMS = ("k", "in_channels", "image_size", "pretrained", "return")  # given by build_method, not the config
+
+
 def build_method(name: str, params: dict, *, k: int, store: ImageStore, previous: Method | None,
                  where: str) -> Method:
     if name not in METHODS:
         raise UserError(f"{where}: unknown method '{name}': choose one of {', '.join(sorted(METHODS))}")
     if name in NEEDS_PREVIOUS_STAGE and previous is None:
         raise UserError(f"{where}: method '{name}' continues a previous stage and cannot come first")
+    # each value as its constructor parameter's type: `ue: flase` is an error, not a truthy string
+    hints = get_type_hints(METHODS[name].__init__)
+    try:
+        params = {key: coerce(value, hints[key], f"method.{key}") if key in hints and key not in BUILT_PARAMS
+                  else value for key, value in params.items()}
+    except UserError as error:
+        raise UserError(f"{where}: {error}") from None
     try:
         return METHODS[name](k=k, in_channels=store.channels, image_size=store.image_size[0], pretrained=previous,
                              **params)

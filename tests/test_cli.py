@@ -62,6 +62,11 @@ def test_baseline_kmeans_on_digits(capsys):
     (["run", "--dataset", "digits", "--k", "5000"], "not smaller than the number of images"),
     (["run", "--dataset", "digits", "--set", "stages.0.train.lrr=1"], "unknown config key"),
     (["run", "--dataset", "digits", "--set", "stages.0.method.name=nosuch"], "unknown method 'nosuch'"),
+    # a method parameter is checked against its constructor's type: a typo is not a truthy string
+    (["run", "--dataset", "digits", "--set", "stages.1.method.balance=flase"],
+     "stage 'selflabel': config key 'method.balance' must be true or false, got 'flase'"),
+    (["run", "--dataset", "digits", "--set", "stages.0.method.heads=two"],
+     "stage 'cluster': config key 'method.heads' must be an integer, got 'two'"),
     (["run", "--dataset", "cifar10", "--data-root", "/nonexistent"], "cifar10"),
     (["run", "--dataset", "folder:/nonexistent"], "/nonexistent"),
     (["run", "--dataset", "digits", "--labelled-fraction", "2"], "--labelled-fraction must be in (0, 1]"),

@@ -69,3 +69,20 @@ def test_method_trains_and_answers_the_interface(name, tmp_path):
         assert all(h.shape == (8, 3) for h in heads)
     assert (tmp_path / "checkpoints" / f"{name}.pt").is_file()
     assert math.isfinite(float(__import__("json").loads(lines[-1])["loss"]))
+
+
+def test_build_method_gives_each_parameter_its_constructors_type():
+    """YAML 1.1 reads `1e-3` as text and `mean: 0.5` as one number: the constructor gets a float
+    and a list; a value of the wrong kind is a one-line error naming the stage and key."""
+    from labelless.errors import UserError
+
+    method = build_method("super_and", {"backbone": "small_cnn", "temperature": "1e-1", "mean": [0.5, 0.5, 0.5],
+                                        "std": (0.25, 0.25, 0.25), "memory_momentum": 1},
+                          k=3, store=fake_store(), previous=None, where="stage 'x'")
+    assert method.temperature == 0.1 and isinstance(method.memory.momentum, float)
+    with pytest.raises(UserError, match=r"^stage 'x': config key 'method.sobel' must be true or false, got 'maybe'$"):
+        build_method("super_and", {"backbone": "small_cnn", "sobel": "maybe"}, k=3, store=fake_store(), previous=None,
+                     where="stage 'x'")
+    with pytest.raises(UserError, match=r"config key 'method.mean' must be a list, got 0.5"):
+        build_method("super_and", {"backbone": "small_cnn", "mean": 0.5, "std": 0.2}, k=3, store=fake_store(),
+                     previous=None, where="stage 'x'")
