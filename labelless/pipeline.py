@@ -109,7 +109,8 @@ class Run:
         return [torch.cat([heads[h].float().cpu() for heads in chunks]) for h in range(len(chunks[0]))]
 
 
-BUILT_PARAMS = ("k", "in_channels", "image_size", "pretrained", "return")  # given by build_method, not the config
+# not read from the config: the arguments build_method gives itself, and the return annotation
+BUILT_PARAMS = ("k", "in_channels", "image_size", "pretrained", "return")
 
 
 def build_method(name: str, params: dict, *, k: int, store: ImageStore, previous: Method | None,
