@@ -72,9 +72,9 @@ def isif_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, metric: Tensor |
         z = F.normalize(z, dim=1)
         keys = z.detach()
     else:
-        metric = metric.float()
-        z = z / ((z @ metric) * z).sum(1, keepdim=True).clamp_min(1e-24).sqrt()  # unit length under G
-        keys = (z @ metric).detach()
+        metric_z = z @ metric.float()
+        norm = (metric_z * z).sum(1, keepdim=True).clamp_min(1e-24).sqrt()  # z's length under G
+        z, keys = z / norm, (metric_z / norm).detach()
     logits = z @ keys.t() / temperature  # 2B×2B
     self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
     p = logits.masked_fill(self_mask, float("-inf")).softmax(1)
