@@ -52,6 +52,80 @@ def unification_entropy_loss(bank_logits: Tensor, indices: Tensor, exclude_self:
     return -(log_p.exp() * log_p.masked_fill(torch.isinf(log_p), 0.0)).sum(1).mean()
 
 
+class _BankLosses(torch.autograd.Function):
+    """`and_loss` + w·`unification_entropy_loss` from one exponentiation of the bank logits, with a
+    hand-written backward: see `bank_losses`."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, indices: Tensor, neighbours: Tensor, ue_weight: float, exclude_self: bool):
+        with torch.autocast(logits.device.type, enabled=False):
+            l = logits.float()
+            own = indices[:, None]
+            own_logit = l.gather(1, own)  # M×1
+            # e_j = exp(l_j − top) over the UE's support: every entry but the own one (exactly 0 there),
+            # or every entry; top is the support's largest logit, so the sum is ≥ 1 and its log finite
+            e = l.scatter(1, own, float("-inf")) if exclude_self else l.clone()
+            top = e.amax(1, keepdim=True)
+            e.sub_(top).exp_()
+            mass = e.sum(1, keepdim=True)
+            log_support = top + mass.log()
+            log_all = torch.logaddexp(log_support, own_logit) if exclude_self else log_support  # softmax's log Z
+            valid = (neighbours >= 0) & (neighbours != own)
+            slots = torch.cat([own, neighbours.clamp_min(0)], 1)  # M×(1+K): own slot, then the neighbours
+            class_logits = l.gather(1, slots)
+            class_logits[:, 1:].masked_fill_(~valid, float("-inf"))
+            log_class = class_logits.logsumexp(1, keepdim=True)
+            and_value = (log_all - log_class).mean()
+            if ue_weight > 0:
+                # H(p̃) = log Z̃ − Σ_j p̃_j l_j, the dot product without an M×N temporary
+                mean_logit = torch.bmm(e.unsqueeze(1), l.unsqueeze(2)).view(-1, 1) / mass
+                entropy = log_support - mean_logit
+                ue_value = entropy.mean()
+            else:
+                entropy, ue_value = mass.new_zeros(()), mass.new_zeros(())
+        ctx.save_for_backward(l, e, top, mass, log_support, log_all, own_logit, slots, class_logits, log_class,
+                              entropy)
+        ctx.ue_weight, ctx.exclude_self, ctx.input_dtype = ue_weight, exclude_self, logits.dtype
+        ctx.mark_non_differentiable(and_value, ue_value)
+        return and_value + ue_weight * ue_value, and_value, ue_value
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor, _grad_and: Tensor, _grad_ue: Tensor):
+        l, e, top, mass, log_support, log_all, own_logit, slots, class_logits, log_class, entropy = ctx.saved_tensors
+        w = ctx.ue_weight
+        with torch.autocast(l.device.type, enabled=False):
+            scale = grad_loss.float() / len(l)
+            # AND: p_j − q_j (p the softmax over the bank, q its renormalised share on the class slots);
+            # UE: −p̃_j (log p̃_j + H). On the support p_j = e_j·exp(top − log Z) and p̃_j = e_j / mass, so
+            # both are e_j·a·(l_j − c) with one a and one c per row
+            p_scale = (top - log_all).exp()
+            if w > 0:
+                a = -scale * w / mass
+                c = log_support - entropy + mass * p_scale / w
+                grad = torch.sub(l, c).mul_(e).mul_(a)
+            else:
+                grad = e * (scale * p_scale)
+            if ctx.exclude_self:  # the own entry is outside the support: its p
+                grad.scatter_add_(1, slots[:, :1], scale * (own_logit - log_all).exp())
+            grad.scatter_add_(1, slots, -scale * (class_logits - log_class).exp())
+        return grad.to(ctx.input_dtype), None, None, None, None
+
+
+def bank_losses(bank_logits: Tensor, indices: Tensor, neighbours: Tensor, ue_weight: float = 0.0,
+                exclude_self: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    """`and_loss(bank_logits, indices, neighbours) + ue_weight · unification_entropy_loss(bank_logits,
+    indices, exclude_self)` in one pass, returned with its two terms (detached; UE is 0 when not weighted).
+
+    The same value and gradient as the two functions (tests/losses/test_neighbourhood.py), which stay
+    the readable definition. Those build the M×N softmax several times over and autograd keeps each
+    step's M×N intermediate; here the logits are exponentiated once, and the backward pass is the
+    closed form e_j·a·(l_j − c) plus a scatter on the few class slots. A Super-AND step on MNIST
+    (M = 256 rows, N = 60,000 bank entries, one CPU thread): 0.22 → 0.06 s for the two losses and their
+    backward, on top of the 0.12 s of the logits' matmul. Computed in float32 under autocast.
+    """
+    return _BankLosses.apply(bank_logits, indices, neighbours, float(ue_weight), bool(exclude_self))
+
+
 def isif_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, metric: Tensor | None = None) -> Tensor:
     """ISIF (Ye et al. 2019, Eq. 7–8; TwoStageUC Eq. 10–11; Super-AND Eq. 13–14), two terms:
         L = −(1/2B) [ Σ_i ln p_i + Σ_i Σ_{j ∉ {i, i′}} ln(1 − p_ij) ],

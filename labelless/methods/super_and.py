@@ -40,7 +40,7 @@ from labelless.data.augment import Augment, normalize
 from labelless.data.augment import sobel as sobel_gradients
 from labelless.errors import UserError
 from labelless.evaluate.knn import knn_indices
-from labelless.losses.neighbourhood import and_loss, isif_loss, unification_entropy_loss
+from labelless.losses.neighbourhood import bank_losses, isif_loss
 from labelless.methods.base import Batch, EpochContext, Method, predict_in_batches
 from labelless.nn.backbones import build_backbone
 from labelless.nn.memory import MemoryBank, bank_entropy
@@ -192,11 +192,11 @@ class SuperAND(Method):
         embeddings = self.encoder(torch.cat([self.augment(batch.images), self.augment(batch.images)]))  # 2n×D
         rows = batch.indices.repeat(2)
         bank_logits = self.memory.logits(embeddings, self.temperature)  # 2n×N
-        loss = and_loss(bank_logits, rows, self.neighbours[rows])
-        logs = {"and": loss.detach()}
+        # AND + w(t)·UE (Eq. 10–12) from one exponentiation of the bank logits
+        loss, and_value, ue = bank_losses(bank_logits, rows, self.neighbours[rows], self.ue_weight, self.ue_exclude_self)
+        logs = {"and": and_value}
         if self.ue_weight > 0:
-            ue = unification_entropy_loss(bank_logits, rows, self.ue_exclude_self)
-            loss, logs["ue"] = loss + self.ue_weight * ue, ue.detach()
+            logs["ue"] = ue
         if self.aug_loss:
             # on the relationship vectors r_i = v_i·Mᵀ, each view's similarities to the whole bank (Eq. 2),
             # whose dot products are v_iᵀ·MᵀM·v_j: the same loss without the 2n×N vectors

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from labelless.losses.clustering import entropy
-from labelless.losses.neighbourhood import and_loss, isif_loss, unification_entropy_loss
+from labelless.losses.neighbourhood import and_loss, bank_losses, isif_loss, unification_entropy_loss
 from labelless.nn.memory import MemoryBank, bank_entropy
 
 
@@ -55,6 +55,39 @@ def test_ue_gradient_is_finite_with_the_excluded_entry() -> None:
     unification_entropy_loss(logits, torch.arange(6)).backward()
     assert torch.isfinite(logits.grad).all()
     assert torch.all(logits.grad[torch.arange(6), torch.arange(6)] == 0)
+
+
+@pytest.mark.parametrize("ue_weight, exclude_self", [(0.4, True), (0.0, True), (1.0, False), (0.2, False)])
+def test_bank_losses_are_and_plus_weighted_ue_value_and_gradient(ue_weight, exclude_self) -> None:
+    g = torch.Generator().manual_seed(3)
+    rows = torch.tensor([0, 3, 5, 7, 8, 9, 3, 1])  # a repeated row, as both views of one image are
+    logits = torch.randn(8, 40, generator=g) * 4
+    logits[1, 3] = 60.0  # the own entry outweighs the rest by > 88: its exp underflows everything else
+    logits[2, 5], logits[2, 6] = 30.0, -60.0
+    neighbours = torch.tensor([[1, 2], [-1, -1], [6, 6], [7, 2], [0, -1], [4, 11], [-1, 12], [1, 30]])
+    reference = logits.clone().requires_grad_()
+    fused = logits.clone().requires_grad_()
+    and_value = and_loss(reference, rows, neighbours)
+    ue_value = unification_entropy_loss(reference, rows, exclude_self)
+    (and_value + ue_weight * ue_value).backward()
+    loss, and_fused, ue_fused = bank_losses(fused, rows, neighbours, ue_weight, exclude_self)
+    loss.backward()
+    assert and_fused.item() == pytest.approx(and_value.item(), abs=1e-5)
+    assert ue_fused.item() == pytest.approx(ue_value.item() if ue_weight > 0 else 0.0, abs=1e-5)
+    assert loss.item() == pytest.approx((and_value + ue_weight * ue_value).item(), abs=1e-5)
+    assert torch.allclose(fused.grad, reference.grad, atol=1e-6)
+    assert not and_fused.requires_grad and not ue_fused.requires_grad
+
+
+def test_bank_losses_stay_float32_under_autocast() -> None:
+    logits = (random_logits() * 2).requires_grad_()
+    rows, neighbours = torch.arange(6), torch.tensor([[1], [0], [-1], [4], [3], [5]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _, ue = bank_losses(logits, rows, neighbours, 0.5)
+    loss.backward()
+    reference = and_loss(logits.detach(), rows, neighbours) + 0.5 * unification_entropy_loss(logits.detach(), rows)
+    assert loss.dtype == torch.float32 and logits.grad.dtype == torch.float32
+    assert loss.item() == pytest.approx(reference.item(), abs=1e-6)
 
 
 def test_isif_identical_orthogonal_views_give_the_closed_form() -> None:

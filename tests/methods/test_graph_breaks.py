@@ -105,3 +105,6 @@ def test_a_compiled_stateful_step_computes_what_the_eager_step_does(name, option
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     if name == "super_and":
         assert twin.neighbour_round == 1 and bool((twin.neighbours[:, 0] >= 0).any())  # round 1 did start
+        # its bank losses are a custom autograd.Function (`bank_losses`): dynamo traces it, no break
+        twin.ue_weight = 0.2  # round 1 restarts it at 0: the weighted branch here
+        assert _graph_breaks(twin.training_step, _batch()[1]) == []
