@@ -246,6 +246,19 @@ def neighbour_agreement(run_dir: Path, store) -> float | None:
     return round(float((labels[neighbours] == labels[:, None]).float().mean()), 4)
 
 
+def device_of(runs: list[dict]) -> str:
+    """The device the seeds ran on. A chain spanning sessions may be lent another GPU for a later seed
+    (an H100 one session, an H200 the next): then every device is named with its seeds, never one for
+    all, since a time-to-accuracy figure holds for one kind of machine."""
+    seeds_on: dict[str, list[str]] = {}
+    for run in runs:
+        seeds_on.setdefault(run["device"], []).append(str(run["seed"]))
+    if len(seeds_on) == 1:
+        return next(iter(seeds_on))
+    return "mixed: " + "; ".join(f"{device} (seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)})"
+                                 for device, seeds in seeds_on.items())
+
+
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = parse_args(argv, prog)
     if args.single_seed is not None:
@@ -315,10 +328,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         "metrics": {k: round(statistics.mean(r[k] for r in runs), 4) for k in keys},
         "metrics_std": {k: round(statistics.pstdev(r[k] for r in runs), 4) for k in keys},
         "per_seed": [{k: r[k] for k in ("seed", *keys, "wall_seconds", "curve_seconds", "stage_seconds",
-                                        "neighbour_agreement")} for r in runs],
+                                        "neighbour_agreement", "device")} for r in runs],
         "within_budget": all(r["wall_seconds"] - r["curve_seconds"] <= budget_s for r in runs),
         "head_selection": runs[0].get("head_selection", "lowest_loss"), "labels_used_in_training": False,
-        "device": runs[0]["device"],
+        "device": device_of(runs),
         "wall_seconds": round(statistics.mean(r["wall_seconds"] - r["curve_seconds"] for r in runs), 1),
         "wall_clock": f"from process spawn to the final {scored_split} evaluation, curve side channel excluded"
                       + ("; summed over the calls of a chain (--time-limit), each call's start-up counted"
@@ -331,6 +344,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         **stamp(" ".join(["python benchmarks/time_to_accuracy.py", *passthrough, "--seeds", *map(str, args.seeds),
                           *(["--time-limit", f"{args.time_limit:g}"] if args.time_limit else [])])),
     }
+    if out["device"].startswith("mixed"):
+        print(f"warning: the seeds ran on different devices ({out['device']}): their mean is no one machine's "
+              "time to accuracy", file=sys.stderr)
     print(json.dumps({"ACC": out["metrics"].get("ACC"), "ACC_std": out["metrics_std"].get("ACC"),
                       "wall_seconds": out["wall_seconds"], "within_budget": out["within_budget"]}))
     if args.out:

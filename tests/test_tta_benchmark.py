@@ -45,6 +45,13 @@ def test_fixed_minutes_must_leave_time_for_epochs(tta, capsys):
             assert stop.value.code == 2 and f"{option}: expected a positive number, got '{bad}'" in capsys.readouterr().err
 
 
+def test_seeds_kept_from_different_devices_are_named_each(tta):
+    h100, h200 = "cuda: NVIDIA H100 80GB HBM3", "cuda: NVIDIA H200"
+    assert tta.device_of([{"seed": 0, "device": h200}, {"seed": 1, "device": h200}]) == h200
+    mixed = tta.device_of([{"seed": 0, "device": h200}, {"seed": 1, "device": h100}, {"seed": 2, "device": h200}])
+    assert mixed == f"mixed: {h200} (seeds 0, 2); {h100} (seed 1)"
+
+
 def test_tuning_trains_on_fit_and_scores_holdout_instead_of_test(tta):
     assert tta.splits(tta.parse_args(["--config", "c.yaml"], None)) == ("train", "test")
     assert tta.splits(tta.parse_args(["--config", "c.yaml", "--tune"], None)) == ("fit", "holdout")
@@ -132,7 +139,7 @@ def test_a_tiny_budget_run_on_mnist_writes_a_valid_result(tmp_path):
     assert [point["epoch"] for point in curve] == [0, 1, 2, 3]
     assert all(a["minutes"] <= b["minutes"] for a, b in zip(curve, curve[1:]))
     seed = result["per_seed"][0]
-    assert set(seed["stage_seconds"]) == {"cluster", "evaluate"}
+    assert set(seed["stage_seconds"]) == {"cluster", "evaluate"} and seed["device"] == result["device"]
     assert 0.8 < seed["neighbour_agreement"] < 1.0  # deskewed MNIST neighbours mostly share the digit
     assert abs(sum(seed["stage_seconds"].values()) - (seed["wall_seconds"] - seed["curve_seconds"])) < 2.0
     assert result["within_budget"] == (seed["wall_seconds"] - seed["curve_seconds"] <= 60)
