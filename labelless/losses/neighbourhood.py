@@ -138,22 +138,24 @@ def isif_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, metric: Tensor |
     symmetric positive semi-definite) every dot product is z_iᵀ·G·z_j: Super-AND passes its embeddings
     and G = MᵀM, the dot products of their relationship vectors z·Mᵀ, without forming those.
     Identical views of orthogonal rows give −ln q − (2B−2)·ln(1 − q·e^{−1/τ}),
-    q = e^{1/τ}/(e^{1/τ} + 2B − 2).
+    q = e^{1/τ}/(e^{1/τ} + 2B − 2). Computed in float32 under autocast, as the bank logits are: at τ = 0.1
+    bf16 would round a logit by up to 0.04.
     """
-    z = torch.cat([z1, z2]).float()  # z: 2B×D
-    n = len(z1)
-    if metric is None:
-        z = F.normalize(z, dim=1)
-        keys = z.detach()
-    else:
-        metric_z = z @ metric.float()
-        norm = (metric_z * z).sum(1, keepdim=True).clamp_min(1e-24).sqrt()  # z's length under G
-        z, keys = z / norm, (metric_z / norm).detach()
-    logits = z @ keys.t() / temperature  # 2B×2B
-    self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
-    p = logits.masked_fill(self_mask, float("-inf")).softmax(1)
-    other_view = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
-    positive = torch.zeros_like(self_mask).scatter_(1, other_view[:, None], True)
-    log_positive = p.gather(1, other_view[:, None]).clamp_min(EPS).log().sum()
-    log_not_negative = (1 - p).clamp_min(EPS).log().masked_fill(self_mask | positive, 0.0).sum()
-    return -(log_positive + log_not_negative) / (2 * n)
+    with torch.autocast(z1.device.type, enabled=False):
+        z = torch.cat([z1, z2]).float()  # z: 2B×D
+        n = len(z1)
+        if metric is None:
+            z = F.normalize(z, dim=1)
+            keys = z.detach()
+        else:
+            metric_z = z @ metric.float()
+            norm = (metric_z * z).sum(1, keepdim=True).clamp_min(1e-24).sqrt()  # z's length under G
+            z, keys = z / norm, (metric_z / norm).detach()
+        logits = z @ keys.t() / temperature  # 2B×2B
+        self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
+        p = logits.masked_fill(self_mask, float("-inf")).softmax(1)
+        other_view = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+        positive = torch.zeros_like(self_mask).scatter_(1, other_view[:, None], True)
+        log_positive = p.gather(1, other_view[:, None]).clamp_min(EPS).log().sum()
+        log_not_negative = (1 - p).clamp_min(EPS).log().masked_fill(self_mask | positive, 0.0).sum()
+        return -(log_positive + log_not_negative) / (2 * n)

@@ -114,6 +114,17 @@ def test_isif_is_invariant_to_scale_and_has_finite_gradients() -> None:
     assert torch.isfinite(query.grad).all() and query.grad.abs().sum() > 0
 
 
+def test_isif_stays_float32_under_autocast() -> None:
+    g = torch.Generator().manual_seed(4)
+    z1, z2 = torch.randn(16, 32, generator=g), torch.randn(16, 32, generator=g)
+    metric = (lambda m: m.t() @ m)(torch.randn(200, 32, generator=g))
+    for gram in (None, metric):
+        expected = isif_loss(z1, z2, metric=gram)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = isif_loss(z1, z2, metric=gram)
+        assert got.dtype == torch.float32 and got.item() == pytest.approx(expected.item(), abs=1e-6)
+
+
 def test_memory_update_is_ema_and_keeps_unit_norm() -> None:
     bank = MemoryBank(dim=4, momentum=0.5)
     bank.reset(6)
