@@ -31,6 +31,17 @@ def test_iic_of_independent_views_is_zero():
     assert iic_loss(p, p).item() == pytest.approx(0.0, abs=1e-6)
 
 
+def test_iic_is_float32_under_autocast():
+    # a bf16 joint moved this young head's −MI by ~20 %; loss-chosen heads are compared by it
+    g = torch.Generator().manual_seed(6)
+    logits = torch.randn(256, 10, generator=g)
+    p, p_other = logits.softmax(1), (logits + torch.randn(256, 10, generator=g)).softmax(1)
+    expected = iic_loss(p, p_other)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = iic_loss(p, p_other)
+    assert got.dtype == torch.float32 and got.item() == pytest.approx(expected.item(), abs=1e-6)
+
+
 def test_scan_loss_parts():
     k, n = 5, 50
     logits = one_hot_balanced(n, k) * 50  # confident, balanced, neighbours agree

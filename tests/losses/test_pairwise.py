@@ -98,3 +98,24 @@ def test_sigmoid_rampup_values():
     assert math.isclose(sigmoid_rampup(50, 100), math.exp(-5 * 0.25))
     assert sigmoid_rampup(100, 100) == 1.0 and sigmoid_rampup(220, 100) == 1.0
     assert sigmoid_rampup(3, 0) == 1.0
+
+
+def test_cosine_labels_are_float32_under_autocast():
+    # features clustered so that many cosines lie within bf16's rounding (±0.002) of τ = 0.9
+    g = torch.Generator().manual_seed(5)
+    centres = torch.randn(10, 512, generator=g)
+    features = (centres[torch.randint(0, 10, (256,), generator=g)] + 0.33 * torch.randn(256, 512, generator=g)).relu()
+    expected = cosine_pair_labels(features, 0.9)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(cosine_pair_labels(features, 0.9), expected)
+
+
+def test_pair_bce_is_float32_under_autocast():
+    # two samples merged with s = 0.999 although their label says apart: −log(0.001), not bf16's −log ε
+    p = torch.tensor([[0.9995, 0.0005], [0.9995, 0.0005]])
+    targets = torch.eye(2)
+    expected = pair_bce_loss(p, p, targets)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = pair_bce_loss(p, p, targets)
+    assert got.dtype == torch.float32 and got.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert expected.item() == pytest.approx(-0.5 * math.log(1 - 0.9995**2 - 0.0005**2), rel=1e-3)
