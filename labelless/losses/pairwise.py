@@ -68,8 +68,10 @@ def mix_pair_targets(pair_labels: Tensor, sources: Tensor, weights: Tensor) -> T
     """Targets for the pairs (mixed image i, clean image j) when image i is a mix of Q source images
     (RICAP: Q = 4 tiles; mixup: Q = 2): t_ij = Σ_q weights[i, q]·ℓ[sources[q, i], j], the pair labels
     mixed by patch area (or mixing weight) as RICAP mixes class labels.
-    pair_labels: N×N, sources: Q×N (row indices), weights: N×Q → N×N."""
-    return torch.einsum("nq,qnm->nm", weights.to(pair_labels.dtype), pair_labels[sources])
+    pair_labels: N×N, sources: Q×N (row indices), weights: N×Q → N×N. float32 under autocast, whose
+    bf16 einsum moved the targets by up to 0.004."""
+    with torch.autocast(pair_labels.device.type, enabled=False):
+        return torch.einsum("nq,qnm->nm", weights.float(), pair_labels[sources].float())
 
 
 def pair_bce_loss(probabilities: Tensor, other_probabilities: Tensor, targets: Tensor) -> Tensor:

@@ -119,3 +119,15 @@ def test_pair_bce_is_float32_under_autocast():
         got = pair_bce_loss(p, p, targets)
     assert got.dtype == torch.float32 and got.item() == pytest.approx(expected.item(), rel=1e-6)
     assert expected.item() == pytest.approx(-0.5 * math.log(1 - 0.9995**2 - 0.0005**2), rel=1e-3)
+
+
+def test_mixed_targets_are_float32_under_autocast():
+    g = torch.Generator().manual_seed(7)
+    labels = (torch.rand(64, 64, generator=g) > 0.8).float()
+    sources = torch.randint(0, 64, (4, 64), generator=g)
+    weights = torch.rand(64, 4, generator=g)
+    weights = weights / weights.sum(1, keepdim=True)  # RICAP's four tile areas
+    expected = mix_pair_targets(labels, sources, weights)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = mix_pair_targets(labels, sources, weights)
+    assert got.dtype == torch.float32 and torch.allclose(got, expected, atol=1e-6)
