@@ -1,5 +1,6 @@
 """Every registered method trains end to end through the Trainer on tiny fake data (solo-learn's
 lesson: a parametrised test over the registry, so a new method is covered the day it is added)."""
+import json
 import math
 
 import pytest
@@ -68,7 +69,7 @@ def test_method_trains_and_answers_the_interface(name, tmp_path):
         heads = method.head_logits(images)
         assert all(h.shape == (8, 3) for h in heads)
     assert (tmp_path / "checkpoints" / f"{name}.pt").is_file()
-    assert math.isfinite(float(__import__("json").loads(lines[-1])["loss"]))
+    assert math.isfinite(float(json.loads(lines[-1])["loss"]))
 
 
 def test_build_method_gives_each_parameter_its_constructors_type():
@@ -86,3 +87,19 @@ def test_build_method_gives_each_parameter_its_constructors_type():
     with pytest.raises(UserError, match=r"config key 'method.mean' must be a list, got 0.5"):
         build_method("super_and", {"backbone": "small_cnn", "mean": 0.5, "std": 0.2}, k=3, store=fake_store(),
                      previous=None, where="stage 'x'")
+
+
+@pytest.mark.filterwarnings("ignore::labelless.train.CollapseWarning")
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_method_trains_under_bf16_autocast(name, tmp_path, monkeypatch):
+    """The GPU runs every training step under bf16 autocast, which the CPU suite otherwise never does:
+    here the trainer's autocast is CPU bf16, so a float32/bf16 mix that only autocast creates (a
+    `.float()` forgotten inside a block that switches autocast off, as the Norm-FC heads' einsum) fails
+    on this machine instead of in a lent GPU's minutes."""
+    monkeypatch.setattr(Trainer, "_autocast", lambda self: torch.autocast("cpu", dtype=torch.bfloat16))
+    torch.manual_seed(0)
+    store = fake_store()
+    previous = train_stage(PREVIOUS[name], store, tmp_path) if name in NEEDS_PREVIOUS_STAGE else None
+    train_stage(name, store, tmp_path, previous)
+    lines = [line for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if f'"stage": "{name}"' in line]
+    assert len(lines) == 2 and all(math.isfinite(float(json.loads(line)["loss"])) for line in lines)
