@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from labelless.losses.precision import float32_under_autocast
+
 EPS = torch.finfo(torch.float32).eps
 
 
@@ -21,6 +23,7 @@ def mean_entropy(probabilities: Tensor) -> Tensor:
     return entropy(probabilities.mean(0))
 
 
+@float32_under_autocast
 def iic_loss(p: Tensor, p_other: Tensor, lamb: float = 1.0) -> Tensor:
     """IIC (Ji et al. 2019, Eq. 3): −I(z, z′) between the cluster posteriors of two views.
 
@@ -31,11 +34,6 @@ def iic_loss(p: Tensor, p_other: Tensor, lamb: float = 1.0) -> Tensor:
     loss by up to 0.007 (a quarter of a young head's MI) in a CPU check, and loss-chosen heads are
     compared by this value. p, p_other: N×K probabilities.
     """
-    with torch.autocast(p.device.type, enabled=False):
-        return _iic_loss(p.float(), p_other.float(), lamb)
-
-
-def _iic_loss(p: Tensor, p_other: Tensor, lamb: float) -> Tensor:
     joint = p.t() @ p_other  # K×K
     joint = (joint + joint.t()) / 2
     joint = joint / joint.sum()

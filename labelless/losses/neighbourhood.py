@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from labelless.losses.clustering import EPS
+from labelless.losses.precision import float32_under_autocast
 
 
 def and_loss(bank_logits: Tensor, indices: Tensor, neighbours: Tensor) -> Tensor:
@@ -126,6 +127,7 @@ def bank_losses(bank_logits: Tensor, indices: Tensor, neighbours: Tensor, ue_wei
     return _BankLosses.apply(bank_logits, indices, neighbours, float(ue_weight), bool(exclude_self))
 
 
+@float32_under_autocast
 def isif_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, metric: Tensor | None = None) -> Tensor:
     """ISIF (Ye et al. 2019, Eq. 7–8; TwoStageUC Eq. 10–11; Super-AND Eq. 13–14), two terms:
         L = −(1/2B) [ Σ_i ln p_i + Σ_i Σ_{j ∉ {i, i′}} ln(1 − p_ij) ],
@@ -141,21 +143,20 @@ def isif_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, metric: Tensor |
     q = e^{1/τ}/(e^{1/τ} + 2B − 2). Computed in float32 under autocast, as the bank logits are: at τ = 0.1
     bf16 would round a logit by up to 0.04.
     """
-    with torch.autocast(z1.device.type, enabled=False):
-        z = torch.cat([z1, z2]).float()  # z: 2B×D
-        n = len(z1)
-        if metric is None:
-            z = F.normalize(z, dim=1)
-            keys = z.detach()
-        else:
-            metric_z = z @ metric.float()
-            norm = (metric_z * z).sum(1, keepdim=True).clamp_min(1e-24).sqrt()  # z's length under G
-            z, keys = z / norm, (metric_z / norm).detach()
-        logits = z @ keys.t() / temperature  # 2B×2B
-        self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
-        p = logits.masked_fill(self_mask, float("-inf")).softmax(1)
-        other_view = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
-        positive = torch.zeros_like(self_mask).scatter_(1, other_view[:, None], True)
-        log_positive = p.gather(1, other_view[:, None]).clamp_min(EPS).log().sum()
-        log_not_negative = (1 - p).clamp_min(EPS).log().masked_fill(self_mask | positive, 0.0).sum()
-        return -(log_positive + log_not_negative) / (2 * n)
+    z = torch.cat([z1, z2])  # z: 2B×D
+    n = len(z1)
+    if metric is None:
+        z = F.normalize(z, dim=1)
+        keys = z.detach()
+    else:
+        metric_z = z @ metric
+        norm = (metric_z * z).sum(1, keepdim=True).clamp_min(1e-24).sqrt()  # z's length under G
+        z, keys = z / norm, (metric_z / norm).detach()
+    logits = z @ keys.t() / temperature  # 2B×2B
+    self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
+    p = logits.masked_fill(self_mask, float("-inf")).softmax(1)
+    other_view = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    positive = torch.zeros_like(self_mask).scatter_(1, other_view[:, None], True)
+    log_positive = p.gather(1, other_view[:, None]).clamp_min(EPS).log().sum()
+    log_not_negative = (1 - p).clamp_min(EPS).log().masked_fill(self_mask | positive, 0.0).sum()
+    return -(log_positive + log_not_negative) / (2 * n)

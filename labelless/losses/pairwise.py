@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from labelless.losses.precision import float32_under_autocast
+
 BCE_EPS = 1e-7  # inside the logs of the pair BCE, as the authors' code (float16's smallest step)
 SNE_SELF_LOGIT = -1000.0  # subtracted from d_ii so that a sample is not its own SNE neighbour
 
@@ -30,13 +32,13 @@ def squared_distances(features: Tensor) -> Tensor:
     return distances.fill_diagonal_(0).float()
 
 
+@float32_under_autocast
 def cosine_pair_labels(features: Tensor, threshold: float = 0.9) -> Tensor:
     """Cosine labelling: ℓ_ij = 1 iff cos(f_i, f_j) ≥ τ (LSD-C; CIFAR-10 τ = 0.9, CIFAR-20 0.95).
     features: N×D → N×N. Computed in float32 under autocast: bf16 cosines are rounded by up to 0.002
     near τ = 0.9, which flipped 6 % of the positive pairs of features clustered near the threshold."""
-    with torch.autocast(features.device.type, enabled=False):
-        f = F.normalize(features.float(), dim=1)
-        return (f @ f.t() >= threshold).float()
+    f = F.normalize(features, dim=1)
+    return (f @ f.t() >= threshold).float()
 
 
 def sne_pair_labels(features: Tensor, threshold: float = 0.01, temperature: float = 1.0) -> Tensor:
@@ -64,16 +66,17 @@ def knn_pair_labels(features: Tensor, k: int = 20) -> Tensor:
     return ((distances < row_kth) | (distances < column_kth)).float()
 
 
+@float32_under_autocast
 def mix_pair_targets(pair_labels: Tensor, sources: Tensor, weights: Tensor) -> Tensor:
     """Targets for the pairs (mixed image i, clean image j) when image i is a mix of Q source images
     (RICAP: Q = 4 tiles; mixup: Q = 2): t_ij = Σ_q weights[i, q]·ℓ[sources[q, i], j], the pair labels
     mixed by patch area (or mixing weight) as RICAP mixes class labels.
     pair_labels: N×N, sources: Q×N (row indices), weights: N×Q → N×N. float32 under autocast, whose
     bf16 einsum moved the targets by up to 0.004."""
-    with torch.autocast(pair_labels.device.type, enabled=False):
-        return torch.einsum("nq,qnm->nm", weights.float(), pair_labels[sources].float())
+    return torch.einsum("nq,qnm->nm", weights, pair_labels[sources])
 
 
+@float32_under_autocast
 def pair_bce_loss(probabilities: Tensor, other_probabilities: Tensor, targets: Tensor) -> Tensor:
     """LSD-C clustering loss: soft-target binary cross-entropy between the pair targets t_ij and
     the probability that i and j share a cluster, s_ij = σ_iᵀσ′_j, averaged over all N² pairs
@@ -81,10 +84,8 @@ def pair_bce_loss(probabilities: Tensor, other_probabilities: Tensor, targets: T
     probabilities: N×K (rows of t), other_probabilities: N×K (columns of t), targets: N×N.
     Computed in float32 under autocast: bf16 rounds every s_ij above 0.998 to 1, so a confidently
     merged pair with t_ij = 0 would cost −log ε = 16.1 instead of −log(1 − s_ij)."""
-    with torch.autocast(probabilities.device.type, enabled=False):
-        similarity = probabilities.float() @ other_probabilities.float().t()  # similarity: N×N
-        return -(targets * (similarity + BCE_EPS).log()
-                 + (1 - targets) * (1 - similarity + BCE_EPS).log()).mean()
+    similarity = probabilities @ other_probabilities.t()  # similarity: N×N
+    return -(targets * (similarity + BCE_EPS).log() + (1 - targets) * (1 - similarity + BCE_EPS).log()).mean()
 
 
 def sigmoid_rampup(epoch: float, length: float) -> float:
