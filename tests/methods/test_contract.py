@@ -46,6 +46,15 @@ def train_stage(name: str, store: ImageStore, tmp_path, previous: Method | None 
     return Trainer(stage, store, tmp_path, "cpu", seed=0, progress=False, tensorboard=False).fit(method)
 
 
+def train_after_its_previous_stage(name: str, store: ImageStore, tmp_path) -> tuple[Method, list[str]]:
+    """The method trained (after the stage it continues, if any) and its lines of metrics.jsonl."""
+    torch.manual_seed(0)
+    previous = train_stage(PREVIOUS[name], store, tmp_path) if name in NEEDS_PREVIOUS_STAGE else None
+    method = train_stage(name, store, tmp_path, previous)
+    lines = [line for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if f'"stage": "{name}"' in line]
+    return method, lines
+
+
 def test_every_registered_method_has_a_tiny_setting():
     assert sorted(TINY) == sorted(METHODS), "add the new method's tiny settings to TINY"
 
@@ -53,11 +62,8 @@ def test_every_registered_method_has_a_tiny_setting():
 @pytest.mark.filterwarnings("ignore::labelless.train.CollapseWarning")  # random images have no clusters
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_method_trains_and_answers_the_interface(name, tmp_path):
-    torch.manual_seed(0)
     store = fake_store()
-    previous = train_stage(PREVIOUS[name], store, tmp_path) if name in NEEDS_PREVIOUS_STAGE else None
-    method = train_stage(name, store, tmp_path, previous)
-    lines = [line for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if f'"stage": "{name}"' in line]
+    method, lines = train_after_its_previous_stage(name, store, tmp_path)
     assert len(lines) == 2 and all("NaN" not in line for line in lines)
     images = store.batch(torch.arange(8))
     method.eval()
@@ -97,9 +103,5 @@ def test_method_trains_under_bf16_autocast(name, tmp_path, monkeypatch):
     `.float()` forgotten inside a block that switches autocast off, as the Norm-FC heads' einsum) fails
     on this machine instead of in a lent GPU's minutes."""
     monkeypatch.setattr(Trainer, "_autocast", lambda self: torch.autocast("cpu", dtype=torch.bfloat16))
-    torch.manual_seed(0)
-    store = fake_store()
-    previous = train_stage(PREVIOUS[name], store, tmp_path) if name in NEEDS_PREVIOUS_STAGE else None
-    train_stage(name, store, tmp_path, previous)
-    lines = [line for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if f'"stage": "{name}"' in line]
+    _, lines = train_after_its_previous_stage(name, fake_store(), tmp_path)
     assert len(lines) == 2 and all(math.isfinite(float(json.loads(line)["loss"])) for line in lines)
