@@ -307,12 +307,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         if "stopped" in result:
             print(f"seed {seed}: {result['stopped']}; run the same command again", file=sys.stderr)
             return EXIT_TIME_LIMIT
-        if kept is None and spawned_wall > result["wall_seconds"]:  # one process: its spawn is part of the clock,
+        if kept is not None:
+            kept.write_text(json.dumps(result) + "\n")
+        elif spawned_wall > result["wall_seconds"]:  # one process: its spawn is part of the clock,
             first = next(iter(result["stage_seconds"]))  # and of the first stage's share (start-up, data load)
             result["stage_seconds"][first] = round(result["stage_seconds"][first] + spawned_wall - result["wall_seconds"], 1)
             result["wall_seconds"] = spawned_wall
-        else:
-            kept.write_text(json.dumps(result) + "\n")
         result["wall_seconds"] = round(result["wall_seconds"], 1)
         runs.append(result)
         print(f"seed {seed}: ACC {result['ACC']:.4f}, {result['wall_seconds']:.0f} s "
@@ -334,6 +334,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         "device": device_of(runs),
         "wall_seconds": round(statistics.mean(r["wall_seconds"] - r["curve_seconds"] for r in runs), 1),
         "wall_clock": f"from process spawn to the final {scored_split} evaluation, curve side channel excluded"
+                      " (per_seed wall_seconds include it: subtract their curve_seconds)"
                       + ("; summed over the calls of a chain (--time-limit), each call's start-up counted"
                          if args.time_limit else ""),
         **({"chained_calls": {str(r["seed"]): r["chained_calls"] for r in runs}} if args.time_limit else {}),

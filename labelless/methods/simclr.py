@@ -17,7 +17,8 @@ from labelless.nn.backbones import build_backbone
 
 
 def projection_head(in_features: int, hidden: int, out_features: int) -> nn.Module:
-    """SimCLR's 2-layer MLP projector (with BN, as the CIFAR recipes of SCAN and solo-learn use)."""
+    """SimCLR's 2-layer MLP projector, with BN after the hidden layer (ours: SCAN's CIFAR projector is
+    Linear-ReLU-Linear, 512-512-128). fast.yaml's 0.8205 (GPU_RUNS.md) was measured with this one."""
     return nn.Sequential(nn.Linear(in_features, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
                          nn.Linear(hidden, out_features))
 
