@@ -55,8 +55,11 @@ KNN_BANKS = ("memory", "embed")
 class TwoTrunkEncoder(nn.Module):
     """x ∈ [0, 1] → v = normalise(W·[f_rgb(x̄); f_sobel(sobel(x̄))]), x̄ = (x − mean)/std: N×embedding_dim.
 
-    The Sobel trunk sees the two gradients of the normalised image's luma (as the released code, which
-    filters the network's normalised input). `sobel=False` drops that trunk (Table 4, "w/o Sobel")."""
+    The Sobel trunk sees the two gradients of the normalised image, filtered after normalisation as the
+    released code does. Two details differ from that code (resnet_cifar.py): it takes the plain mean of
+    the channels and a zero-padded 3×3 Sobel, which puts an edge along every image border; we take the
+    luma (`augment.sobel`, shared with DeepCluster and IIC) with replicated borders.
+    `sobel=False` drops that trunk (Table 4, "w/o Sobel")."""
 
     def __init__(self, backbone: str, in_channels: int, image_size: int, embedding_dim: int = 128,
                  sobel: bool = True, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
@@ -222,31 +225,13 @@ class SuperAND(Method):
 
     @torch.no_grad()
     def diagnostics(self, labels: Tensor, run_dir: Path | None) -> dict:
-        """Neighbourhood consistency per round (the paper's Fig. 4), evaluation only: for round r ≥ 1, the
-        fraction of the selected pairs (i, j) — anchor i and each neighbour j ∈ N(i), read from
-        `run_dir/artefacts/round_<r>_pairs.pt` — whose labels agree, labels[i] = labels[j]. With one
-        neighbour (the default) that is the fraction of selected samples whose nearest bank neighbour
-        shares their class. Pairs with an unlabelled member (label −1) do not count. Returns
-        {"neighbourhood_consistency": {"1": …, "2": …}}, or {} when no round file exists or `labels` does
-        not describe the training store (its length is not the bank's). A round without a scorable pair
-        is left out; so are files of rounds after the last one this method ran (left by an earlier,
-        longer run in the same directory). Reads files only: the model is untouched."""
-        if run_dir is None or (len(self.memory) and len(labels) != len(self.memory)):
+        """The per-round neighbourhood consistency (`round_consistency`), evaluation only. {} when `labels`
+        does not describe the training store (its length is not the bank's). Files of rounds after the
+        last one this method ran (left by an earlier, longer run in the same directory) are left out; a
+        method loaded for evaluation alone does not know that round and scores every file."""
+        if len(self.memory) and len(labels) != len(self.memory):
             return {}
-        labels = labels.cpu()
-        consistency = {}
-        for path in (Path(run_dir) / "artefacts").glob("round_*_pairs.pt"):
-            round_ = path.name[len("round_"):-len("_pairs.pt")]
-            if not round_.isdigit() or 0 < self.neighbour_round < int(round_):
-                continue
-            pairs = torch.load(path, map_location="cpu", weights_only=True)  # P×2: anchor, neighbour
-            anchor, neighbour = labels[pairs[:, 0]], labels[pairs[:, 1]]
-            known = (anchor >= 0) & (neighbour >= 0)  # −1 marks an unlabelled image
-            if known.any():
-                consistency[int(round_)] = float((anchor == neighbour)[known].float().mean())
-        if not consistency:
-            return {}
-        return {"neighbourhood_consistency": {str(r): consistency[r] for r in sorted(consistency)}}
+        return round_consistency(labels, run_dir, self.neighbour_round)
 
     def state_for_checkpoint(self) -> dict:
         return {"neighbours": None if self.neighbours is None else self.neighbours.cpu(),
@@ -256,3 +241,31 @@ class SuperAND(Method):
         found = state.get("neighbours")
         self.neighbours = None if found is None else found.to(self.memory.memory.device)
         self.neighbour_round = int(state.get("neighbour_round", 0))
+
+
+def round_consistency(labels: Tensor, run_dir: Path | None, last_round: int = 0) -> dict:
+    """Neighbourhood consistency per round (the paper's Fig. 4), evaluation only: for round r ≥ 1, the
+    fraction of the selected pairs (i, j) — anchor i and each neighbour j ∈ N(i), read from
+    `run_dir/artefacts/round_<r>_pairs.pt` — whose labels agree, labels[i] = labels[j]. With one
+    neighbour (the default) that is the fraction of selected samples whose nearest bank neighbour
+    shares their class. `labels`: N int64, aligned with the training store; pairs with an unlabelled
+    member (−1) do not count, and a round without a scorable pair is left out. `last_round` > 0 leaves
+    out the files of later rounds. Returns {"neighbourhood_consistency": {"1": …, "2": …}}, or {} when
+    no round file exists. Reads files only. TwoStageUC reports it too: its stage 1 writes the files into
+    the same run directory."""
+    if run_dir is None:
+        return {}
+    labels = labels.cpu()
+    consistency = {}
+    for path in (Path(run_dir) / "artefacts").glob("round_*_pairs.pt"):
+        round_ = path.name[len("round_"):-len("_pairs.pt")]
+        if not round_.isdigit() or 0 < last_round < int(round_):
+            continue
+        pairs = torch.load(path, map_location="cpu", weights_only=True)  # P×2: anchor, neighbour
+        anchor, neighbour = labels[pairs[:, 0]], labels[pairs[:, 1]]
+        known = (anchor >= 0) & (neighbour >= 0)  # −1 marks an unlabelled image
+        if known.any():
+            consistency[int(round_)] = float((anchor == neighbour)[known].float().mean())
+    if not consistency:
+        return {}
+    return {"neighbourhood_consistency": {str(r): consistency[r] for r in sorted(consistency)}}

@@ -35,7 +35,7 @@ from labelless.losses import iic_loss
 from labelless.losses.neighbourhood import isif_loss
 from labelless.methods.base import Batch, EpochContext, Method, predict_in_batches
 from labelless.methods.simclr import SimCLR
-from labelless.methods.super_and import SuperAND, TwoTrunkEncoder, paper_augment
+from labelless.methods.super_and import SuperAND, TwoTrunkEncoder, paper_augment, round_consistency
 from labelless.nn.heads import HeadSelector, NormFCHeads
 
 ENCODER_PREFIX = "encoder."
@@ -121,6 +121,7 @@ class TwoStageUC(Method):
         self.selector = HeadSelector(heads)
         self.augment = paper_augment(image_size, in_channels, augment, augment_options)
         self.cp_weight, self.cp_temperature = cp_weight, cp_temperature
+        self.stage1_rounds = pretrained.neighbour_round if isinstance(pretrained, SuperAND) else 0
 
     def on_epoch_start(self, epoch: int, ctx: EpochContext) -> None:
         self.selector.start_epoch()
@@ -143,3 +144,8 @@ class TwoStageUC(Method):
 
     def head_logits(self, images: Tensor) -> list[Tensor]:
         return self.heads(self.embed(images))
+
+    def diagnostics(self, labels: Tensor, run_dir: Path | None) -> dict:
+        """Stage 1's per-round neighbourhood consistency (Super-AND's Fig. 4), when a `super_and` stage
+        wrote its round files into this run directory; {} after a `simclr` stage. Evaluation only."""
+        return round_consistency(labels, run_dir, self.stage1_rounds)

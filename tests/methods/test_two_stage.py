@@ -71,6 +71,10 @@ def test_stage2_alone_trains_the_encoder_only_and_picks_the_lowest_loss_head(sto
     assert len(heads) == 5 and all(h.shape == (32, K) and torch.isfinite(h).all() for h in heads)
     chosen = method.selector.chosen
     assert chosen == int(method.selector.mean_losses.argmin())
+    # the choice rests on each head's own L_assign + λ·L_cp over the last epoch, as logged
+    logged = torch.tensor([lines[-1][f"assign_head_{h}"] + lines[-1]["cp"] for h in range(5)])
+    torch.testing.assert_close(method.selector.mean_losses.float(), logged, atol=1e-4, rtol=0)
+    assert logged.max() - logged.min() > 1e-3  # distinct heads: a mis-ordered record would show
     assert torch.allclose(method.cluster_logits(images), heads[chosen], atol=1e-5)
 
 
@@ -78,7 +82,11 @@ def test_pipeline_hands_over_and_resumes_exactly_across_the_stage_boundary(store
     straight = train(load_config(pipeline_config()), tmp_path / "straight", progress=False, store=store)
     assert (tmp_path / "straight" / "artefacts" / "round_1_pairs.pt").is_file()
     # the report's head fields: all five heads' ACC, and the label-free choice with the losses behind it
-    scored = evaluate(straight, store, "test", "cifar10")
+    scored = evaluate(straight, store, "test", "cifar10", train_store=store)
+    # stage 1's per-round neighbourhood consistency reaches the pipeline's metrics (evaluation only)
+    pairs = torch.load(tmp_path / "straight" / "artefacts" / "round_1_pairs.pt")
+    agree = float((store.labels[pairs[:, 0]] == store.labels[pairs[:, 1]]).float().mean())
+    assert scored["neighbourhood_consistency"] == {"1": pytest.approx(agree)}
     assert straight.head_selection == "lowest_loss" and len(scored["ACC_PER_HEAD"]) == 5
     assert scored["chosen_head"] == straight.method.selector.chosen
     assert scored["chosen_head"] == min(range(5), key=scored["head_losses"].__getitem__)
