@@ -25,6 +25,7 @@ carries over between epochs, where the released code builds a fresh optimiser fo
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -102,6 +103,13 @@ def kmeans(x: Tensor, k: int, iterations: int = 20, seed: int = 0) -> Tensor:
     return torch.from_numpy(assignment[:, 0]).long().to(x.device)
 
 
+def _broadcast_from_rank_0(*tensors: Tensor) -> None:
+    """Overwrite `tensors` in place with rank 0's under DDP; nothing in a lone process."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        for tensor in tensors:
+            dist.broadcast(tensor.data, src=0)
+
+
 class DeepCluster(Method):
     name = "deepcluster"
 
@@ -132,10 +140,15 @@ class DeepCluster(Method):
                               for _, images in ctx.batches(self.feature_batch_size)])  # N×D
         self.train(was_training)
         seed = int(torch.randint(2**31 - 1, ()))  # from the Trainer's per-epoch seeded RNG
-        self.pseudo_labels = kmeans(pca_whiten_l2(features, self.pca_dims), self.num_clusters,
-                                    self.kmeans_iterations, seed).to(ctx.store.device)
-        self.cluster_weights.copy_(inverse_frequency_weights(self.pseudo_labels, self.num_clusters))
+        labels = kmeans(pca_whiten_l2(features, self.pca_dims), self.num_clusters, self.kmeans_iterations, seed)
         self.reset_head()
+        # The seed, the randomised PCA and the head's init come from the per-rank RNG, and BatchNorm running
+        # statistics (hence the features) are per rank too: take rank 0's labelling and head, or DDP would
+        # average gradients of inconsistent labellings. Every rank still clusters, so that all reach the
+        # broadcast together instead of one idling in it through the whole feature pass.
+        _broadcast_from_rank_0(labels, self.head.weight, self.head.bias)
+        self.pseudo_labels = labels.to(ctx.store.device)
+        self.cluster_weights.copy_(inverse_frequency_weights(self.pseudo_labels, self.num_clusters))
         counts = torch.bincount(self.pseudo_labels, minlength=self.num_clusters)
         ctx.logs.update(largest_pseudo_cluster=float(counts.max()) / len(self.pseudo_labels),
                         empty_pseudo_clusters=float((counts == 0).sum()))
