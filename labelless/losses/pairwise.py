@@ -54,8 +54,11 @@ def sne_pair_labels(features: Tensor, threshold: float = 0.01, temperature: floa
 
 def knn_pair_labels(features: Tensor, k: int = 20) -> Tensor:
     """kNN labelling (LSD-C's default; CIFAR-10 k = 20, CIFAR-20 and MNIST k = 10): ℓ_ij = 1 iff
-    ‖f_i − f_j‖² is strictly below the k-th smallest squared distance of row i or of column j — the
-    sample itself plus its k − 2 nearest others (k − 1 when no distances tie), made symmetric by the OR.
+    ‖f_i − f_j‖² is strictly below the k-th smallest squared distance of row i or of column j. Row i's
+    own test admits k − 1 samples — the sample itself plus its k − 2 nearest others (none with k = 1) —
+    or fewer when the (k − 1)-th smallest distance ties the k-th (duplicates of the sample, at distance 0,
+    can leave out the sample itself); the OR, which makes the labels symmetric, then adds every j whose
+    own test admits i.
     features: N×D → N×N."""
     if not 1 <= k <= features.shape[0]:
         raise ValueError(f"kNN pair labels need 1 ≤ k ≤ batch size, got k = {k} for {features.shape[0]} samples: "

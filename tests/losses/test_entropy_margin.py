@@ -144,9 +144,20 @@ def test_empty_cluster_repair_keeps_every_cluster_non_empty():
                    torch.tensor([4] * 10 + [7])):
         repaired = repair_empty_clusters(labels, k, generator)
         assert bool((torch.bincount(repaired, minlength=k) > 0).all())
-        # only samples of the clusters that were split change label
+        # only samples of the clusters that were split change label: each moves into a cluster that was
+        # empty, every final cluster holds samples of one original cluster only (a split moves part of one
+        # cluster), and the first split takes from the largest cluster
         changed = repaired != labels
         assert repaired.shape == labels.shape and int(changed.sum()) > 0
+        counts = torch.bincount(labels, minlength=k)
+        assert bool((counts[repaired[changed]] == 0).all())
+        assert all(len(labels[repaired == cluster].unique()) == 1 for cluster in repaired.unique())
+        assert int(counts.argmax()) in labels[changed].tolist()
+    singleton = repair_empty_clusters(torch.tensor([4] * 10 + [7]), k, generator)
+    assert singleton[10] == 7 and int((singleton[:10] == 4).sum()) > 0  # a 1-sample cluster is never split
+    one_split = repair_empty_clusters(torch.tensor([0] * 3 + [1] * 8), 3, generator)
+    assert one_split[:3].tolist() == [0, 0, 0]  # cluster 0 is not the largest, so is not split: untouched
+    assert torch.bincount(one_split).tolist() == [3, 4, 4]
     all_in_one = repair_empty_clusters(torch.zeros(256, dtype=torch.long), 2, generator)
     assert torch.bincount(all_in_one).tolist() == [128, 128]  # half of the largest, as the study does
     untouched = torch.arange(20) % 4

@@ -142,3 +142,27 @@ def test_entropy_margin_solves_the_targets_as_configured(squarem: bool, store: I
     _, logs = method.training_step(Batch(store.batch(torch.arange(64)), torch.arange(64)))
     assert calls == [{"max_iterations": 30, "tolerance": 0.0, "accelerate": squarem}]
     assert logs["fixed_point_iterations"] == 30
+
+
+def test_iic_step_trains_every_main_and_overclustering_sub_head_and_the_trunk():
+    """One IIC step gives non-zero gradients to every sub-head of the K-way head and of the
+    over-clustering head (K' = 10), and the over-clustering loss reaches the backbone too."""
+    from labelless.methods.iic import IIC
+
+    torch.manual_seed(0)
+    method = IIC(k=4, in_channels=1, image_size=8, backbone="mlp", heads=2, overcluster_k=10, augment="none")
+    batch = Batch(torch.rand(32, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.arange(32))
+    loss, logs = method.training_step(batch)
+    loss.backward()
+    assert math.isfinite(float(logs["overcluster_mi"]))
+    for heads, k in ((method.heads, 4), (method.overcluster, 10)):
+        assert len(heads.heads) == 2
+        for head in heads.heads:
+            assert head.out_features == k
+            for parameter in (head.weight, head.bias):
+                assert parameter.grad is not None and float(parameter.grad.abs().sum()) > 0
+    with_overcluster = [p.grad.clone() for p in method.backbone.parameters()]
+    method.zero_grad()
+    method.overcluster = None  # the same step (no augmentation: deterministic) with the K-way heads only
+    method.training_step(batch)[0].backward()
+    assert any(not torch.allclose(p.grad, g) for p, g in zip(method.backbone.parameters(), with_overcluster))

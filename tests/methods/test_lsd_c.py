@@ -8,12 +8,15 @@ import warnings
 
 import pytest
 import torch
+from torch import nn
 
 from labelless.config import load_config
 from labelless.data.augment import rotnet_batch
 from labelless.data.sources import load_dataset
 from labelless.data.stores import ImageStore
 from labelless.errors import UserError
+from labelless.losses.pairwise import BCE_EPS
+from labelless.methods import lsd_c as lsd_c_module
 from labelless.methods.base import Batch, EpochContext
 from labelless.methods.lsd_c import LSDC, mixed_views
 from labelless.methods.rotnet import RotNet
@@ -153,6 +156,65 @@ def test_the_mix_is_drawn_per_batch_unless_mix_per_says_sample(digits, monkeypat
     sgd_steps(tiny_lsdc(data_mix=data_mix, **({} if mix_per is None else {"mix_per": mix_per})), digits, steps=1)
     distinct = drawn[0].unique(dim=0).shape[0]
     assert distinct > 1 if mix_per == "sample" else distinct == 1
+
+
+def test_training_step_mixes_the_clean_views_labels_over_each_mixed_images_own_sources(monkeypatch):
+    """Known answer for the wiring of `training_step`, with the views, mix, trunk and head stubbed so every
+    input is fixed (features = logits, K = D = 3): kNN labels (k = 3: self plus the nearest other) come from
+    the CLEAN view's features, the targets mix them over the MIXED image's own tile sources,
+    t_ij = Σ_q w_q·ℓ[src_q(i), j], and the pair BCE takes σ(mixed) as rows and σ(clean) as columns.
+    Every piece is asymmetric: t is not symmetric, σ(mixed) ≠ σ(clean), and the mixed and other views have
+    other nearest neighbours than the clean one, so a swapped BCE, unmixed targets, or labels from another
+    view each give other arguments and another loss."""
+    # clean kNN pairs {0, 1} and {2, 3} (d01 = 0.08, d23 = 0.34; every other distance ≥ 1.53)
+    clean = torch.tensor([[1.0, 0.0, 0.0], [0.8, 0.2, 0.0], [0.0, 1.0, 0.5], [0.0, 0.7, 1.0]])
+    first, second = clean + 10, clean + 20  # only handed to the mix, which must receive them
+    mixed = torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.2], [0.9, 0.1, 0.0], [0.0, 0.3, 1.0]])  # pairs {0,3}, {1,2}
+    other = torch.tensor([[0.2, 0.5, 0.0], [0.0, 0.0, 0.0], [0.5, 0.5, 0.5], [1.0, 0.0, 1.0]])
+    sources = torch.tensor([[0, 1, 2, 3], [1, 2, 3, 0], [2, 3, 0, 1], [3, 0, 1, 2]])  # Q×N: src_q(i) = i + q mod 4
+    weights = torch.tensor([0.4, 0.3, 0.2, 0.1]).expand(4, 4)  # N×Q, one RICAP boundary per batch
+    # by hand, with A = ℓ[0] = ℓ[1] = (1, 1, 0, 0) and B = ℓ[2] = ℓ[3] = (0, 0, 1, 1):
+    # row 0 mixes A A B B → .7A + .3B; row 1 A B B A → .5A + .5B; row 2 B B A A; row 3 B A A B
+    expected_targets = torch.tensor([[0.7, 0.7, 0.3, 0.3], [0.5, 0.5, 0.5, 0.5],
+                                     [0.3, 0.3, 0.7, 0.7], [0.5, 0.5, 0.5, 0.5]])
+
+    class Views:  # stands in for the three augmentations, in the order training_step draws them
+        def __init__(self):
+            self.views = iter([clean, first, second])
+
+        def __call__(self, images):
+            return next(self.views)
+
+    def fixed_mixed_views(view_1, view_2, data_mix, beta, per):
+        assert view_1 is first and view_2 is second and (data_mix, per) == ("ricap", "batch")
+        return mixed, other, sources, weights
+
+    recorded = []
+    real_bce = lsd_c_module.pair_bce_loss
+
+    def recording_bce(rows, columns, targets):
+        recorded.append((rows.detach(), columns.detach(), targets.detach()))
+        return real_bce(rows, columns, targets)
+
+    monkeypatch.setattr(lsd_c_module, "mixed_views", fixed_mixed_views)
+    monkeypatch.setattr(lsd_c_module, "pair_bce_loss", recording_bce)
+    method = LSDC(k=3, in_channels=1, image_size=8, backbone="mlp", knn_k=3)
+    method.backbone, method.head, method.augment = nn.Identity(), nn.Identity(), Views()
+    method.epoch = 100  # past the ramp-up: w = λ = 5
+    loss, logs = method.training_step(Batch(torch.zeros(4, 3), torch.arange(4)))
+
+    (rows, columns, targets), = recorded
+    assert torch.allclose(targets, expected_targets), "targets: not ℓ(clean) mixed over the mixed image's sources"
+    assert torch.allclose(rows, mixed.softmax(1)), "the pair BCE's rows must be σ(mixed view)"
+    assert torch.allclose(columns, clean.softmax(1)), "the pair BCE's columns must be σ(clean view)"
+    assert logs["positive_pairs"] == pytest.approx(0.5)  # the two clean blocks: 8 of 16 pairs
+    similarity = mixed.softmax(1) @ clean.softmax(1).t()  # s_ij = σ(mixed_i)ᵀσ(clean_j)
+    bce = -(expected_targets * (similarity + BCE_EPS).log()
+            + (1 - expected_targets) * (1 - similarity + BCE_EPS).log()).mean()
+    mse = (mixed.softmax(1) - other.softmax(1)).square().mean()
+    assert logs["pair_bce"] == pytest.approx(bce.item(), rel=1e-5)
+    assert logs["consistency_mse"] == pytest.approx(mse.item(), rel=1e-5)
+    assert loss.item() == pytest.approx(bce.item() + 5.0 * mse.item(), rel=1e-5)
 
 
 @pytest.mark.filterwarnings("ignore::labelless.train.CollapseWarning")

@@ -77,6 +77,38 @@ def test_vgg4_layouts() -> None:
     assert model(torch.rand(2, 3, 48, 48)).shape == (2, 256 * 4 * 4)
 
 
+VGG4_SPECS = {  # (in_channels, side): (conv widths, conv stride, side after each block, features)
+    (1, 28): ((64, 128, 256, 512), 1, [14, 7, 3, 3], 512 * 3 * 3),
+    (3, 32): ((32, 64, 128, 256), 1, [16, 8, 4, 4], 256 * 4 * 4),
+    (3, 96): ((128, 256, 512, 1024), 2, [24, 6, 1, 1], 1024 * 1 * 1),
+}
+
+
+@pytest.mark.parametrize("in_channels, size", list(VGG4_SPECS))
+def test_vgg4_layer_spec(in_channels: int, size: int) -> None:
+    """IIC's VGG-style trunks layer by layer: 4 blocks of 5×5 conv (padding 2) + BN + ReLU, a 2×2
+    max-pool after the first three, and the last map flattened as it is at the layout's own size."""
+    widths, stride, sides, num_features = VGG4_SPECS[in_channels, size]
+    torch.manual_seed(0)
+    model = build_backbone("vgg4", in_channels=in_channels, image_size=size).eval()
+    assert len(model.blocks) == 4 and model.num_features == num_features
+    for index, (block, cin, cout) in enumerate(zip(model.blocks, (in_channels, *widths[:-1]), widths)):
+        expected = [torch.nn.Conv2d, torch.nn.BatchNorm2d, torch.nn.ReLU] + [torch.nn.MaxPool2d] * (index < 3)
+        assert [type(layer) for layer in block] == expected, f"block {index}"
+        conv, bn = block[0], block[1]
+        assert (conv.in_channels, conv.out_channels) == (cin, cout), f"block {index}"
+        assert (conv.kernel_size, conv.padding, conv.stride) == ((5, 5), (2, 2), (stride, stride)), f"block {index}"
+        assert conv.dilation == (1, 1) and conv.groups == 1 and bn.num_features == cout
+        if index < 3:
+            assert block[3].kernel_size == 2 and block[3].stride == 2
+    x = torch.rand(1, in_channels, size, size)
+    with torch.no_grad():
+        maps = model.forward_blocks(x)
+        assert [tuple(m.shape[1:]) for m in maps] == [(w, s, s) for w, s in zip(widths, sides)]
+        assert torch.equal(model(x), maps[-1].flatten(1))  # at its own size the pool is a plain flatten
+    assert model(x).shape == (1, num_features)
+
+
 def test_freeze_blocks() -> None:
     model = build_backbone("small_cnn", image_size=8).freeze_blocks(2)
     frozen_stats = model.blocks[0][1].running_mean.clone()
