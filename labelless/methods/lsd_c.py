@@ -146,9 +146,13 @@ class LSDC(Method):
 
     def check_train(self, train) -> None:
         """Refuse, before any stage trains, what `on_epoch_start` would (more than one process, a batch
-        smaller than knn_k). The supplement trains MixUp with weight decay 1e-4 (RICAP with 5e-4): say
-        so when a MixUp stage keeps another value — a warning, since a user may mean it."""
+        smaller than knn_k, a short last batch that could be). The supplement trains MixUp with weight
+        decay 1e-4 (RICAP with 5e-4): say so when a MixUp stage keeps another value — a warning, since a
+        user may mean it."""
         self._check_batch(train.batch_size)
+        if self.knn_k is not None and not train.drop_last:
+            raise UserError(f"lsd_c links each image to its {self.knn_k} nearest in the batch, and with "
+                            f"train.drop_last false the epoch's last batch may hold fewer: keep drop_last true")
         if self.data_mix == "mixup" and train.weight_decay != 1e-4:
             warnings.warn(f"lsd_c with data_mix: mixup trains with weight decay {train.weight_decay:g}; the "
                           f"supplement's MixUp runs use 1e-4 (train.weight_decay=1e-4)", stacklevel=2)

@@ -1,6 +1,6 @@
 """Methods under DDP (2 gloo processes on CPU, seconds): DeepCluster's pseudo-labels and re-initialised
 head are the same on every rank, and LSD-C, whose loss pairs the images of a batch, refuses more than one
-process and a batch smaller than knn_k when the pipeline is built."""
+process, a batch smaller than knn_k and (with kNN labels) a short last batch when the pipeline is built."""
 from __future__ import annotations
 
 import os
@@ -61,9 +61,9 @@ def test_deepcluster_pseudo_labels_and_head_are_the_same_on_every_rank():
     mp.spawn(_deepcluster_worker, args=(_free_port(),), nprocs=2, join=True)
 
 
-def lsd_c_config(knn_k: int, batch_size: int):
+def lsd_c_config(knn_k: int, batch_size: int, drop_last: bool = True):
     return load_config({
-        "dataset": {"name": "digits"}, "device": "cpu", "train": {"batch_size": batch_size},
+        "dataset": {"name": "digits"}, "device": "cpu", "train": {"batch_size": batch_size, "drop_last": drop_last},
         "stages": [{"name": "lsd_c", "method": {"name": "lsd_c", "backbone": "mlp", "knn_k": knn_k, "flip": False}}],
     })
 
@@ -82,3 +82,13 @@ def test_lsd_c_refuses_more_than_one_process_when_the_pipeline_is_built(monkeypa
 def test_lsd_c_refuses_a_batch_smaller_than_knn_k_when_the_pipeline_is_built():
     with pytest.raises(UserError, match="stage 'lsd_c': lsd_c: knn_k 20 .* train.batch_size is 16"):
         build_pipeline(lsd_c_config(knn_k=20, batch_size=16), 10, fake_store(side=8), check_train=True)
+
+
+def test_lsd_c_refuses_a_short_last_batch_with_knn_labels():
+    """Without drop_last the last batch (here 48 mod 32 = 16 images) would hold fewer than knn_k 20 and
+    fail mid-epoch: refused when the pipeline is built. Cosine labels have no k and may keep it."""
+    with pytest.raises(UserError, match="stage 'lsd_c': lsd_c links each image to its 20 nearest .* drop_last true"):
+        build_pipeline(lsd_c_config(knn_k=20, batch_size=32, drop_last=False), 10, fake_store(side=8), check_train=True)
+    config = lsd_c_config(knn_k=20, batch_size=32, drop_last=False)
+    config.stages[0].method["labelling"] = "cosine"
+    build_pipeline(config, 10, fake_store(side=8), check_train=True)
