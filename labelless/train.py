@@ -23,10 +23,10 @@ import sys
 import time
 import warnings
 import zlib
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -251,6 +251,19 @@ class WeightEMA:
         for p, shadow in zip(self.params, self.shadow):
             p.copy_(shadow)
 
+    @contextmanager
+    def swapped_in(self) -> Iterator[None]:
+        """The EMA's weights in the model for the duration — what the stage would return if it ended
+        now — and the live weights back, bit for bit, afterwards."""
+        live = [p.detach().clone() for p in self.params]
+        self.copy_to_model()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, weights in zip(self.params, live):
+                    p.copy_(weights)
+
 
 # ----------------------------------------------------------------------------- checkpoints
 
@@ -424,7 +437,8 @@ class Trainer:
                  tensorboard: bool = True, on_epoch_end: Callable[[str, int, Method], None] | None = None,
                  labels: Tensor | None = None, deadline: Deadline | None = None):
         """`on_epoch_end(stage name, epoch, method)` runs after every epoch, before its checkpoint: an
-        observer (the time-to-accuracy benchmark's evaluation-only curve); it must not train.
+        observer (the time-to-accuracy benchmark's evaluation-only curve); it must not train. With an EMA
+        it sees the EMA's weights, what the stage would return if it ended there.
         `labels` (weakly-supervised mode, `labelled_fraction`): one per store row, −1 where unlabelled.
         Every step then adds the cross-entropy of the method's heads on a random batch of the labelled
         rows (`Method.labelled_logits`); a `uses_labels` stage (the supervised reference) sees only these
@@ -506,7 +520,8 @@ class Trainer:
                 started = time.monotonic()
                 step = self._run_epoch(epoch, step, method, step_fn, optimizer, ema, log, clock)
                 if self.on_epoch_end is not None and self.dist.is_main:
-                    self.on_epoch_end(self.stage.name, epoch, method)
+                    with ema.swapped_in() if ema is not None else nullcontext():
+                        self.on_epoch_end(self.stage.name, epoch, method)
                     method.train()
                 done = epoch + 1
                 if self.deadline is not None:

@@ -408,6 +408,23 @@ def test_batch_size_must_split_over_processes(tmp_path, monkeypatch):
         Trainer(stage(batch_size=16), make_store(), tmp_path, "cpu")
 
 
+def test_on_epoch_end_sees_the_ema_weights_and_training_keeps_the_live_ones(tmp_path):
+    """With an EMA the observer evaluates what the stage would return if it ended there: at the last
+    epoch exactly the final (EMA'd) model, so the curve's last point is the reported number. The live
+    weights come back bit for bit: the run is identical to one without the observer."""
+    seen = []
+    config = stage(ema_decay=0.9)
+    torch.manual_seed(0)
+    plain = Trainer(config, make_store(), tmp_path / "plain", "cpu", seed=7, progress=False,
+                    tensorboard=False).fit(TinyMethod())
+    torch.manual_seed(0)
+    observed = Trainer(config, make_store(), tmp_path / "observed", "cpu", seed=7, progress=False, tensorboard=False,
+                       on_epoch_end=lambda s, e, m: seen.append(m.linear.weight.detach().clone())).fit(TinyMethod())
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), observed.state_dict().values()))
+    assert len(seen) == 4 and torch.equal(seen[-1], observed.linear.weight)
+    assert not torch.equal(seen[0], seen[-1])
+
+
 def test_on_epoch_end_observes_every_epoch_without_changing_training(tmp_path):
     """The observer (the time-to-accuracy curve) sees each epoch once, in order, with the live method
     in eval mode, and the weights come out bit-identical to a run without it."""
