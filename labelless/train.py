@@ -88,6 +88,14 @@ def distributed_info() -> DistributedInfo:
     return DistributedInfo(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
 
 
+def broadcast_from_rank_0(*tensors: Tensor) -> None:
+    """Overwrite `tensors` in place with rank 0's under DDP (e.g. a per-epoch labelling drawn from each
+    rank's own RNG); nothing outside DDP."""
+    if _distributed():
+        for tensor in tensors:
+            dist.broadcast(tensor.data, src=0)
+
+
 def all_gather_tensor(x: Tensor) -> Tensor:
     """`x` from every rank, concatenated along dim 0 in rank order; `x` itself outside DDP.
 
@@ -660,8 +668,7 @@ class Trainer:
         if self.deadline is None:
             return False
         flag = torch.tensor([0.0 if self.deadline.allows(next_seconds) else 1.0], device=self.device)
-        if _distributed():
-            dist.broadcast(flag, src=0)
+        broadcast_from_rank_0(flag)
         return bool(flag.item())
 
     def _mean_over_ranks(self, value: Tensor) -> float:

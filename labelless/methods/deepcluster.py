@@ -25,7 +25,6 @@ carries over between epochs, where the released code builds a fresh optimiser fo
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -33,6 +32,7 @@ from labelless.losses.pseudo_label import inverse_frequency_weights
 from labelless.methods.base import Batch, EpochContext, Method, predict_in_batches
 from labelless.methods.pseudo_label import input_views
 from labelless.nn.backbones import build_backbone
+from labelless.train import broadcast_from_rank_0
 
 SPLIT_PERTURBATION = 1.0 / 1024  # faiss's relative perturbation when it splits a centroid
 
@@ -103,13 +103,6 @@ def kmeans(x: Tensor, k: int, iterations: int = 20, seed: int = 0) -> Tensor:
     return torch.from_numpy(assignment[:, 0]).long().to(x.device)
 
 
-def _broadcast_from_rank_0(*tensors: Tensor) -> None:
-    """Overwrite `tensors` in place with rank 0's under DDP; nothing in a lone process."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        for tensor in tensors:
-            dist.broadcast(tensor.data, src=0)
-
-
 class DeepCluster(Method):
     name = "deepcluster"
 
@@ -146,7 +139,7 @@ class DeepCluster(Method):
         # statistics (hence the features) are per rank too: take rank 0's labelling and head, or DDP would
         # average gradients of inconsistent labellings. Every rank still clusters, so that all reach the
         # broadcast together instead of one idling in it through the whole feature pass.
-        _broadcast_from_rank_0(labels, self.head.weight, self.head.bias)
+        broadcast_from_rank_0(labels, self.head.weight, self.head.bias)
         self.pseudo_labels = labels.to(ctx.store.device)
         self.cluster_weights.copy_(inverse_frequency_weights(self.pseudo_labels, self.num_clusters))
         counts = torch.bincount(self.pseudo_labels, minlength=self.num_clusters)

@@ -46,10 +46,10 @@ def _deepcluster_worker(rank: int, port: int) -> None:
         method = DeepCluster(k=3, in_channels=3, image_size=16, backbone="small_cnn", augment="weak", pca_dims=8,
                              kmeans_iterations=5, num_clusters=6)
         store = fake_store()
-        broadcast = deepcluster._broadcast_from_rank_0
-        deepcluster._broadcast_from_rank_0 = lambda *tensors: None  # control: the per-rank draws do differ
+        broadcast = deepcluster.broadcast_from_rank_0
+        deepcluster.broadcast_from_rank_0 = lambda *tensors: None  # control: the per-rank draws do differ
         assert _epoch_start_on_every_rank(method, store, rank) == (False, False)
-        deepcluster._broadcast_from_rank_0 = broadcast
+        deepcluster.broadcast_from_rank_0 = broadcast
         assert _epoch_start_on_every_rank(method, store, rank) == (True, True)
         weights = all_gather_tensor(method.cluster_weights[None])
         assert torch.equal(weights[0], weights[1])
