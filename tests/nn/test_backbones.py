@@ -109,6 +109,23 @@ def test_vgg4_layer_spec(in_channels: int, size: int) -> None:
     assert model(x).shape == (1, num_features)
 
 
+def test_lenet_layer_spec() -> None:
+    """Caffe's MNIST LeNet with BN: valid 5×5 convs @20 and @50, each max-pooled 2×2 (28 → 24 → 12 → 8
+    → 4), then fully connected 800 → 500; at other sizes the last map is average-pooled to 4×4."""
+    torch.manual_seed(0)
+    model = build_backbone("lenet", in_channels=1, image_size=28).eval()
+    assert len(model.blocks) == 3 and model.num_features == 500
+    for block, (cin, cout) in zip(model.blocks[:2], [(1, 20), (20, 50)]):
+        conv = block[0]
+        assert (conv.in_channels, conv.out_channels, conv.kernel_size, conv.padding) == (cin, cout, (5, 5), (0, 0))
+    fc = model.blocks[2][1]
+    assert (fc.in_features, fc.out_features) == (800, 500)
+    with torch.no_grad():
+        maps = model.forward_blocks(torch.rand(2, 1, 28, 28))
+        assert [tuple(m.shape[1:]) for m in maps] == [(20, 12, 12), (50, 4, 4), (500,)]
+        assert model(torch.rand(2, 1, 32, 32)).shape == (2, 500)
+
+
 def test_freeze_blocks() -> None:
     model = build_backbone("small_cnn", image_size=8).freeze_blocks(2)
     frozen_stats = model.blocks[0][1].running_mean.clone()
@@ -124,6 +141,6 @@ def test_freeze_blocks() -> None:
 def test_registry() -> None:
     assert list_backbones() == sorted(BACKBONES)
     assert {"resnet18", "resnet34", "resnet50", "resnet101", "alexnet", "vgg4", "vgg16_bn", "wrn28_2",
-            "small_cnn"} <= set(BACKBONES)
+            "small_cnn", "mlp", "lenet"} <= set(BACKBONES)
     with pytest.raises(UserError):
         build_backbone("resnet9000")
