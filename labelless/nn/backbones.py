@@ -219,9 +219,10 @@ def _small_cnn(in_channels: int, image_size: int) -> Backbone:
 
 
 def _lenet(in_channels: int, image_size: int) -> Backbone:
-    """LeNet as Caffe's MNIST example lays it out (after LeCun et al. 1998), with BN after each layer:
-    5×5 valid conv @20 + 2×2 max-pool, 5×5 valid conv @50 + 2×2 max-pool, fully connected 800 → 500:
-    28 px → 24 → 12 → 8 → 4, 50·4·4 = 800 → 500 features. The smallest conv trunk for 28-px digits:
+    """LeNet as Caffe's MNIST example lays it out (after LeCun et al. 1998), with BN + ReLU after every
+    layer (Caffe's has no BN and a ReLU after the fully connected layer only): 5×5 valid conv @20 + 2×2
+    max-pool, 5×5 valid conv @50 + 2×2 max-pool, fully connected 800 → 500: 28 px → 24 → 12 → 8 → 4,
+    50·4·4 = 800 → 500 features. The registry's conv trunk for 28-px digits on a CPU:
     ~2.3M multiply-adds an image against ~110M for `vgg4`'s 28-px layout, so a CPU trains it on
     MNIST's 60k images in minutes; other sizes are average-pooled to 4×4 before the fully connected
     block. Blocks: conv1, conv2, fc."""
