@@ -75,14 +75,15 @@ def test_config_trains_every_stage_and_evaluates(path: Path, tmp_path):
     torch.set_num_threads(2)  # ResNet-18 steps dominate the suite's time here; conftest restores one thread
     config = _smoke(load_config(path))
     store = _random_store(config.dataset.name)
-    for stage in config.stages:  # a stage that continues another config's run: train that run first
-        source = stage.method.get("encoder_from")
-        if source:
-            earlier = _smoke(load_config(_by_run_name(Path(source).name)))
-            train(earlier, tmp_path / "earlier", progress=False, store=store)
-            stage.method["encoder_from"] = str(tmp_path / "earlier")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # collapse warnings: 64 random images have no clusters to find
+        # collapse warnings (64 random images have no clusters to find) and "compile is ignored on CPU"
+        warnings.simplefilter("ignore")
+        for stage in config.stages:  # a stage that continues another config's run: train that run first
+            source = stage.method.get("encoder_from")
+            if source:
+                earlier = _smoke(load_config(_by_run_name(Path(source).name)))
+                train(earlier, tmp_path / "earlier", progress=False, store=store)
+                stage.method["encoder_from"] = str(tmp_path / "earlier")
         run = train(config, tmp_path / "run", progress=False, store=store)
         metrics = evaluate(run, store, "train", config.dataset.name)
     assert 0.0 <= metrics["ACC"] <= 1.0 and (tmp_path / "run" / "model.safetensors").is_file()
