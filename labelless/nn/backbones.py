@@ -70,8 +70,10 @@ def _flatten_at(side: int) -> nn.Module:
     return nn.Sequential(nn.AdaptiveAvgPool2d(side), nn.Flatten())
 
 
-def _conv_bn_relu(cin: int, cout: int, kernel: int, stride: int = 1) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+def _conv_bn_relu(cin: int, cout: int, kernel: int, stride: int = 1, padding: int | None = None) -> list[nn.Module]:
+    """Conv (no bias: BN follows) + BN + ReLU; `padding` defaults to "same" (kernel // 2), 0 is a valid conv."""
+    padding = kernel // 2 if padding is None else padding
+    return [nn.Conv2d(cin, cout, kernel, stride, padding, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
 def _resnet(arch: str, in_channels: int, image_size: int, **kw: object) -> Backbone:
@@ -226,13 +228,9 @@ def _lenet(in_channels: int, image_size: int) -> Backbone:
     ~2.3M multiply-adds an image against ~110M for `vgg4`'s 28-px layout, so a CPU trains it on
     MNIST's 60k images in minutes; other sizes are average-pooled to 4×4 before the fully connected
     block. Blocks: conv1, conv2, fc."""
-    def conv(cin: int, cout: int) -> nn.Module:
-        return nn.Sequential(nn.Conv2d(cin, cout, 5, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-                             nn.MaxPool2d(2))
-
     blocks = [
-        conv(in_channels, 20),
-        conv(20, 50),
+        nn.Sequential(*_conv_bn_relu(in_channels, 20, 5, padding=0), nn.MaxPool2d(2)),
+        nn.Sequential(*_conv_bn_relu(20, 50, 5, padding=0), nn.MaxPool2d(2)),
         nn.Sequential(_flatten_at(4), nn.Linear(50 * 4 * 4, 500), nn.BatchNorm1d(500), nn.ReLU(inplace=True)),
     ]
     return Backbone(blocks, nn.Identity(), 500)
