@@ -383,6 +383,7 @@ def _ddp_worker(rank: int, world_size: int, port: int, run_dir: str) -> None:
         gathered = all_gather_tensor(torch.tensor([rank]))
         assert gathered.tolist() == list(range(world_size))
         assert method.seen.sum() == 5 * 32 / world_size  # each rank stepped over its half of every batch
+        dist.barrier()  # no rank tears gloo down while its peer is still in a collective (SIGABRT at exit)
     finally:
         dist.destroy_process_group()
 

@@ -53,6 +53,7 @@ def _deepcluster_worker(rank: int, port: int) -> None:
         assert _epoch_start_on_every_rank(method, store, rank) == (True, True)
         weights = all_gather_tensor(method.cluster_weights[None])
         assert torch.equal(weights[0], weights[1])
+        dist.barrier()  # no rank tears gloo down while its peer is still in a collective (SIGABRT at exit)
     finally:
         dist.destroy_process_group()
 
