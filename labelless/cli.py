@@ -157,6 +157,7 @@ def _train_and_evaluate(config, args: argparse.Namespace, k_range: range | None 
     from labelless.data.sources import DEFAULT_SPLIT, load_dataset
     from labelless.pipeline import evaluate, train
     from labelless.report import write_report
+    from labelless.train import end_distributed
 
     store = load_dataset(config.dataset.name, split=config.dataset.split, root=config.dataset.root,
                          **config.dataset.options)
@@ -182,6 +183,8 @@ def _train_and_evaluate(config, args: argparse.Namespace, k_range: range | None 
         deadline = Deadline.after(args.time_limit * 60, start=STARTED)
     run = train(config, args.run_dir, resume=args.resume, progress=not args.json, store=store,
                 k_range=k_range, deadline=deadline)
+    if not end_distributed():  # under torchrun rank 0 alone evaluates, reports and prints: one result
+        return 0
     metrics = evaluate(run, eval_store, eval_split, config.dataset.name, train_store=store)
     also = {}
     for split, other in also_stores.items():  # the training split is no kNN query set against itself

@@ -29,7 +29,8 @@ from labelless.kselect import RULE, format_scores, scores_table, select_k
 from labelless.methods.base import Method
 from labelless.methods.scan import pixel_features
 from labelless.registry import METHODS, NEEDS_PREVIOUS_STAGE
-from labelless.train import Deadline, Trainer, export_weights, labels_refused, resolve_device, takes_labels
+from labelless.train import (Deadline, Trainer, distributed_info, export_weights, labels_refused, rank_0_value,
+                             resolve_device, takes_labels)
 
 PROJECT_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 CONFIDENT_THRESHOLD = 0.9  # LSD-C reports the share of samples above 0.9 and their ACC
@@ -196,6 +197,9 @@ def choose_k(config: RunConfig, embedding_stage: Method | None, store: ImageStor
         run = Run(config, run_dir, embedding_stage, k_range[0], store.image_size, store.channels)
         features, source = run.embed(images.images), f"the embedding of the trained '{embedding_stage.name}' stage"
     k, scores = select_k(features.float().cpu().numpy(), k_range, seed=seed)
+    k = rank_0_value(k)  # under torchrun each rank's BatchNorm statistics, so its embedding, differ
+    if not distributed_info().is_main:
+        return k
     print(f"labelless: --k auto on {source} ({len(images)} images), K range {wanted[0]}..{wanted[1]}; "
           f"rule: {RULE}\n{format_scores(scores, k)}\nlabelless: chose K = {k}", file=sys.stderr)
     path.write_text(json.dumps({"k": k, "k_range": wanted, "embedding": source, "images": len(images),
@@ -240,8 +244,10 @@ def train(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool 
                              **config.dataset.options)
     k = resolve_k(config, store) if k_range is None else None
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.yaml")
-    if store.skipped:
+    main = distributed_info().is_main  # under torchrun, rank 0 alone writes the run's files
+    if main:
+        save_config(config, run_dir / "config.yaml")
+    if store.skipped and main:
         (run_dir / "skipped_files.txt").write_text("".join(f"{path}\t{reason}\n" for path, reason in store.skipped))
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
@@ -270,7 +276,14 @@ def train(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool 
         k = choose_k(config, previous, store, k_range, run_dir, resume)
     if k_range is not None:
         config = dataclasses.replace(config, k=k)
-        save_config(config, run_dir / "config.yaml")
+        if main:
+            save_config(config, run_dir / "config.yaml")
+    selection = ("lowest_loss" if several_heads else
+                 "none" if embedding_only(config.stages[-1].method["name"]) else "single_head")
+    run = Run(config, run_dir, previous, k, store.image_size, store.channels, seconds=time.perf_counter() - start,
+              head_selection=selection)
+    if not main:
+        return run
     export_weights(previous, run_dir / "model.safetensors", {"method": previous.name, "k": str(k)})
     # run.json: what labelless.predict.load_run needs to rebuild the model without the data (issue 7)
     (run_dir / "run.json").write_text(json.dumps({"k": k, "image_size": list(store.image_size), "channels": store.channels,
@@ -278,10 +291,7 @@ def train(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool 
                                                   "stages": [s.name for s in config.stages],
                                                   "labelled_images": 0 if labels is None else int((labels >= 0).sum())},
                                                  indent=2) + "\n")
-    selection = ("lowest_loss" if several_heads else
-                 "none" if embedding_only(config.stages[-1].method["name"]) else "single_head")
-    return Run(config, run_dir, previous, k, store.image_size, store.channels, seconds=time.perf_counter() - start,
-               head_selection=selection)
+    return run
 
 
 def evaluate(run: Run, store: ImageStore, split: str, dataset: str, train_store: ImageStore | None = None,

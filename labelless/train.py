@@ -96,6 +96,27 @@ def broadcast_from_rank_0(*tensors: Tensor) -> None:
             dist.broadcast(tensor.data, src=0)
 
 
+def rank_0_value(value: Any) -> Any:
+    """Rank 0's `value` (any picklable object) on every rank under DDP, so that a choice each rank could
+    make differently (K from an embedding whose BatchNorm statistics are per rank) is made once;
+    `value` itself outside DDP."""
+    if not _distributed():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def end_distributed() -> bool:
+    """After a `torchrun` job's last collective: wait for every rank, tear the process group down (no
+    rank leaves while a peer is still in a collective), and say whether this process is rank 0 — the
+    one that evaluates, writes the run's files and prints. True outside DDP."""
+    if _distributed():
+        dist.barrier()
+        dist.destroy_process_group()
+    return distributed_info().is_main
+
+
 def all_gather_tensor(x: Tensor) -> Tensor:
     """`x` from every rank, concatenated along dim 0 in rank order; `x` itself outside DDP.
 
@@ -552,9 +573,11 @@ class Trainer:
         if self.dist.world_size > 1:
             module: nn.Module = nn.parallel.DistributedDataParallel(
                 _StepModule(method), device_ids=[self.device.index] if self._cuda else None,
-                # Buffers stay per rank: broadcasting a memory bank every step would cost more than the
-                # step. Methods keep banks consistent with `all_gather_tensor`.
-                broadcast_buffers=False, find_unused_parameters=self.train.find_unused_parameters)
+                # Buffers are rank 0's once, when DDP wraps the method, and per rank after that:
+                # broadcasting a memory bank every step would cost more than the step. Methods keep banks
+                # consistent with `all_gather_tensor`. (`forward_sync_buffers` replaces the deprecated
+                # `broadcast_buffers`, which warned on every rank of every run.)
+                forward_sync_buffers=False, find_unused_parameters=self.train.find_unused_parameters)
         else:
             module = _StepModule(method)
         if self.train.compile:

@@ -2,6 +2,7 @@
 divergence, collapse warning, schedules, optimisers, data order and DDP parity."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -21,8 +22,9 @@ from labelless.errors import UserError
 from labelless.methods.base import Batch, EpochContext, Method
 from labelless.errors import TimeLimitReached
 from labelless.train import (LARS, CollapseWarning, Deadline, Trainer, TrainingDiverged, all_gather_tensor,
-                             build_optimizer, distributed_info, epoch_batches, lr_factor, optimizer_groups,
-                             save_checkpoint)
+                             build_optimizer, distributed_info, end_distributed, epoch_batches, lr_factor,
+                             optimizer_groups, rank_0_value, save_checkpoint)
+from labelless.cli import main
 
 
 def make_store(n: int = 64) -> ImageStore:
@@ -383,9 +385,12 @@ def _ddp_worker(rank: int, world_size: int, port: int, run_dir: str) -> None:
         gathered = all_gather_tensor(torch.tensor([rank]))
         assert gathered.tolist() == list(range(world_size))
         assert method.seen.sum() == 5 * 32 / world_size  # each rank stepped over its half of every batch
-        dist.barrier()  # no rank tears gloo down while its peer is still in a collective (SIGABRT at exit)
+        assert rank_0_value(("from", rank)) == ("from", 0)
+        # barrier, then teardown: no rank leaves gloo while its peer is still in a collective (SIGABRT at exit)
+        assert end_distributed() is (rank == 0) and not dist.is_initialized()
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def test_ddp_matches_one_process_with_the_same_global_batch(tmp_path):
@@ -401,6 +406,30 @@ def test_ddp_matches_one_process_with_the_same_global_batch(tmp_path):
     ddp_weights = load_file(tmp_path / "ddp" / "checkpoints" / "tiny.safetensors")
     for key in ("linear.weight", "linear.bias"):
         torch.testing.assert_close(ddp_weights[key], single.state_dict()[key], atol=1e-5, rtol=0)
+
+
+def _cli_worker(rank: int, port: int, run_dir: str, out_dir: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    config = Path(__file__).resolve().parents[1] / "configs" / "digits" / "imsat.yaml"
+    with open(Path(out_dir) / f"stdout{rank}", "w") as out, contextlib.redirect_stdout(out):
+        code = main(["train", "--config", str(config), "--set", "train.epochs=1", "--device", "cpu", "--no-report",
+                     "--json", "--run-dir", run_dir])
+    assert code == 0 and not dist.is_initialized()
+
+
+def test_a_torchrun_job_prints_one_result_and_writes_rank_0s_files(tmp_path):
+    """`labelless train` under 2 gloo processes (as torchrun starts it): rank 1 trains its half of each
+    batch and leaves; rank 0 alone evaluates, writes metrics.json and prints. The ranks' BatchNorm running
+    statistics differ, so two evaluations would print, and race to write, different numbers."""
+    mp.spawn(_cli_worker, args=(_free_port(), str(tmp_path / "run"), str(tmp_path)), nprocs=2, join=True)
+    assert (tmp_path / "stdout1").read_text() == ""
+    printed = (tmp_path / "stdout0").read_text().splitlines()
+    assert len(printed) == 1
+    result = json.loads(printed[0])
+    assert result["ACC"] == json.loads((tmp_path / "run" / "metrics.json").read_text())["ACC"] > 0.2
+    assert (tmp_path / "run" / "model.safetensors").is_file()
 
 
 def test_batch_size_must_split_over_processes(tmp_path, monkeypatch):
