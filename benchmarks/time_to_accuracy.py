@@ -36,6 +36,9 @@ stage with a cluster head, the test split is predicted); its own time is taken o
 curve points and reported as `curve_seconds`, and it is never used for any decision. `--no-curve`
 turns it off. So is `neighbour_agreement` (the share of SCAN's mined neighbours that share the
 label), computed after the clock stopped.
+
+One device: the issue's record is for one GPU, so under `torchrun` (WORLD_SIZE > 1) this command refuses
+to start rather than run every seed once per rank; multi-GPU training is `labelless train` under torchrun.
 """
 from __future__ import annotations
 
@@ -261,6 +264,10 @@ def device_of(runs: list[dict]) -> str:
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = parse_args(argv, prog)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # each rank would run every seed and write the file
+        print("time_to_accuracy: error: the record is for one device; run it without torchrun (WORLD_SIZE is "
+              f"{os.environ['WORLD_SIZE']})", file=sys.stderr)
+        return 2
     if args.single_seed is not None:
         try:
             result = run_one_seed(args)

@@ -45,6 +45,14 @@ def test_fixed_minutes_must_leave_time_for_epochs(tta, capsys):
             assert stop.value.code == 2 and f"{option}: expected a positive number, got '{bad}'" in capsys.readouterr().err
 
 
+def test_under_torchrun_it_refuses_in_one_line_instead_of_running_every_seed_per_rank(tta, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert tta.main(["--config", "configs/mnist/fast.yaml", "--out", "never.json"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "run it without torchrun (WORLD_SIZE is 2)" in err
+    assert not Path("never.json").exists()
+
+
 def test_seeds_kept_from_different_devices_are_named_each(tta):
     h100, h200 = "cuda: NVIDIA H100 80GB HBM3", "cuda: NVIDIA H200"
     assert tta.device_of([{"seed": 0, "device": h200}, {"seed": 1, "device": h200}]) == h200
