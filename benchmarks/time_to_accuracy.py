@@ -62,6 +62,7 @@ from pathlib import Path  # noqa: E402
 
 from labelless.cli import positive_float  # noqa: E402  (light: `import labelless` loads no torch)
 from labelless.errors import EXIT_TIME_LIMIT, UserError  # noqa: E402
+from labelless.ranks import distributed_info  # noqa: E402
 
 METRICS = ("ACC", "NMI", "ARI", "ACC_CONFIDENT", "CONFIDENT_FRACTION")
 
@@ -264,9 +265,10 @@ def device_of(runs: list[dict]) -> str:
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = parse_args(argv, prog)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # each rank would run every seed and write the file
+    world_size = distributed_info().world_size
+    if world_size > 1:  # each rank would run every seed and write the file
         print("time_to_accuracy: error: the record is for one device; run it without torchrun (WORLD_SIZE is "
-              f"{os.environ['WORLD_SIZE']})", file=sys.stderr)
+              f"{world_size})", file=sys.stderr)
         return 2
     if args.single_seed is not None:
         try:

@@ -38,6 +38,7 @@ from labelless.config import StageConfig, TrainConfig
 from labelless.data.stores import ImageStore
 from labelless.errors import TimeLimitReached, TrainingDiverged, UserError
 from labelless.methods.base import Batch, EpochContext, Method
+from labelless.ranks import DistributedInfo, distributed_info  # noqa: F401  (torch-free; re-exported here)
 
 CHECKPOINT_FORMAT = "labelless-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -69,23 +70,6 @@ class Deadline:
 
 class CollapseWarning(UserWarning):
     """Most images fall into one cluster: a degenerate solution the clustering loss failed to prevent."""
-
-
-@dataclass(frozen=True)
-class DistributedInfo:
-    rank: int
-    world_size: int
-    local_rank: int
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def distributed_info() -> DistributedInfo:
-    """This process's place in a `torchrun` job, from its environment (a lone process: rank 0 of 1)."""
-    env = os.environ
-    return DistributedInfo(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
 
 
 def broadcast_from_rank_0(*tensors: Tensor) -> None:
