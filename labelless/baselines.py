@@ -103,6 +103,8 @@ def run_baseline(name: str, train: ImageStore, test: ImageStore | None, k: int, 
             raise UserError(f"subsample={subsample} but the train split has {len(train)} images")
         rows = np.sort(np.random.default_rng(seed).choice(len(train), subsample, replace=False))
         train = train.subset(rows)
+    if not baseline.supervised and not 2 <= k < len(train):
+        raise UserError(f"k={k} clusters: it must be at least 2 and smaller than the {len(train)} images fitted")
     scored = test if test is not None else train
 
     start = time.perf_counter()

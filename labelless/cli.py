@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from labelless.allocator import tune_by_reexec
@@ -256,7 +257,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     store = load_dataset(args.dataset, split=args.split, root=args.data_root, **_folder_options(args))
     if store.labels is None:
         raise UserError(f"dataset '{args.dataset}' has no labels to evaluate against")
-    if index.max(initial=-1) >= len(store) or index.min(initial=0) < 0:
+    if index.max() >= len(store):
         raise UserError(f"{path}: index {int(index.max())} is outside the {len(store)} images of that split")
     labels = store.labels.numpy()[index]
     metrics = cluster_metrics(labels, clusters, probabilities, 0.9 if probabilities is not None else None)
@@ -267,25 +268,57 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _read_predictions(path: Path):
+    """index, cluster and (if the header names prob_0..prob_{K-1}) probabilities, each row checked: a value
+    that is not a whole number, a repeated index, a probability outside [0, 1] or a cluster without its
+    probability column is a one-line error naming the line, never truncated or scored."""
     import csv
+    import math
 
     import numpy as np
 
     with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows or rows[0][:2] != ["index", "cluster"]:
+        rows = [(number, row) for number, row in enumerate(csv.reader(f), start=1) if row]  # blank lines hold nothing
+    if not rows or [v.strip() for v in rows[0][1][:2]] != ["index", "cluster"]:
         raise UserError(f"{path}: the first line must be 'index,cluster[,prob_0,...]'")
-    header, body = rows[0], rows[1:]
-    if not body:
+    header = [v.strip() for v in rows[0][1]]
+    k = len(header) - 2
+    if header[2:] != [f"prob_{c}" for c in range(k)]:
+        raise UserError(f"{path}: after index,cluster the header must name prob_0..prob_{max(k - 1, 0)}, "
+                        f"got {','.join(header[2:])}")
+    if len(rows) == 1:
         raise UserError(f"{path}: no predictions")
-    try:
-        table = np.array([[float(v) for v in row] for row in body])
-    except ValueError as error:
-        raise UserError(f"{path}: not a number ({error})") from None
-    if table.shape[1] != len(header):
-        raise UserError(f"{path}: rows have {table.shape[1]} columns, the header {len(header)}")
-    probabilities = table[:, 2:] if len(header) > 2 else None
-    return table[:, 0].astype(np.int64), table[:, 1].astype(np.int64), probabilities
+
+    def whole(value: str, number: int, what: str) -> int:
+        try:
+            number_value = float(value)
+        except ValueError:
+            raise UserError(f"{path}: line {number}: {what} {value.strip()!r} is not a number") from None
+        if not number_value.is_integer() or number_value < 0:
+            raise UserError(f"{path}: line {number}: {what} {value.strip()!r} is not a whole number ≥ 0")
+        return int(number_value)
+
+    index, clusters, probabilities, seen = [], [], [], {}
+    for number, row in rows[1:]:
+        if len(row) != len(header):
+            raise UserError(f"{path}: line {number} has {len(row)} columns, the header {len(header)}")
+        i, c = whole(row[0], number, "index"), whole(row[1], number, "cluster")
+        if i in seen:
+            raise UserError(f"{path}: line {number}: index {i} again (first on line {seen[i]})")
+        seen[i] = number
+        if k:
+            if c >= k:
+                raise UserError(f"{path}: line {number}: cluster {c} has no column among prob_0..prob_{k - 1}")
+            try:
+                p = [float(v) for v in row[2:]]
+            except ValueError as error:
+                raise UserError(f"{path}: line {number}: a probability is not a number ({error})") from None
+            if not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in p):
+                raise UserError(f"{path}: line {number}: probabilities must lie in [0, 1]")
+            probabilities.append(p)
+        index.append(i)
+        clusters.append(c)
+    return (np.array(index, dtype=np.int64), np.array(clusters, dtype=np.int64),
+            np.array(probabilities, dtype=np.float64) if k else None)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -326,6 +359,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     )
 
     out = Path(args.out)
+    if out.is_dir():
+        raise UserError(f"--out '{_shown(str(out))}' is a folder: name the CSV file to write, "
+                        f"e.g. {_shown(str(out / 'predictions.csv'))}")
     check_writable(out.parent)
     if args.sort_into:
         check_writable(Path(args.sort_into))
@@ -494,6 +530,21 @@ def main(argv: list[str] | None = None) -> int:
         tune_by_reexec()
     parser = build_parser()
     args = parser.parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning
+        return _dispatch(args)
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """labelless's own warnings (skipped files, collapse, changed settings) as one line on stderr, without
+    the source line Python's default format echoes; other libraries' keep their usual form."""
+    if Path(filename).resolve().is_relative_to(Path(__file__).resolve().parent):
+        print(f"labelless: warning: {message}", file=sys.stderr)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     try:
         return args.func(args)
     except UserError as error:

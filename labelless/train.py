@@ -115,10 +115,14 @@ def all_gather_tensor(x: Tensor) -> Tensor:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """'auto' → CUDA when available, else CPU; a CUDA request without a GPU is a user error."""
+    """'auto' → CUDA when available, else CPU; a CUDA request without a GPU, or a name torch does not
+    know ('foo', 'cuda:x'), is a user error."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UserError(f"device '{device}' is not a device name: use auto, cpu, cuda or cuda:N") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device '{device}' was asked for, but torch sees no CUDA GPU: use --device cpu")
     return resolved

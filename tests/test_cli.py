@@ -71,7 +71,12 @@ def test_baseline_kmeans_on_digits(capsys):
     (["run", "--dataset", "folder:/nonexistent"], "/nonexistent"),
     (["run", "--dataset", "digits", "--labelled-fraction", "2"], "--labelled-fraction must be in (0, 1]"),
     (["baseline", "nosuch", "--dataset", "digits"], "unknown baseline"),
+    (["baseline", "kmeans", "--dataset", "digits", "--k", "5000"], "smaller than the 1797 images fitted"),
+    (["baseline", "kmeans", "--dataset", "digits", "--k", "1"], "k=1 clusters: it must be at least 2"),
     (["evaluate", "/nonexistent.csv", "--dataset", "digits"], "no predictions file"),
+    (["run", "--dataset", "digits", "--set", "dataset.options.image_size=32"], "dataset 'digits' takes no options"),
+    (["run", "--dataset", "digits", "--device", "foo"], "device 'foo' is not a device name"),
+    (["run", "--dataset", "digits", "--device", "cuda:x"], "device 'cuda:x' is not a device name"),
 ])
 def test_mistakes_are_one_line_and_exit_2(capsys, tmp_path, argv, message):
     code, out, err = run_cli(capsys, *argv, *(["--run-dir", str(tmp_path)] if argv[0] == "run" else []))
@@ -83,6 +88,78 @@ def test_bad_csv_is_a_one_line_error(capsys, tmp_path):
     bad.write_text("id,label\n1,2\n")
     code, _, err = run_cli(capsys, "evaluate", str(bad), "--dataset", "digits")
     assert code == 2 and "index,cluster" in err
+
+
+@pytest.mark.parametrize("body, message", [
+    ("index,cluster\n0,1.5\n1,2\n", "line 2: cluster '1.5' is not a whole number"),      # not truncated to 1
+    ("index,cluster\n0,-4\n", "line 2: cluster '-4' is not a whole number ≥ 0"),
+    ("index,cluster\n0,inf\n", "line 2: cluster 'inf' is not a whole number"),
+    ("index,cluster\n0.9,1\n", "line 2: index '0.9' is not a whole number"),               # not read as 0
+    ("index,cluster\n-1,1\n", "line 2: index '-1' is not a whole number ≥ 0"),
+    ("index,cluster\n0,1\n5,2\n0,3\n", "line 4: index 0 again (first on line 2)"),      # not scored twice
+    ("index,cluster\n0,1\n1,2,3\n", "line 3 has 3 columns, the header 2"),
+    ("index,cluster,prob_0,prob_1\n0,5,0.5,0.5\n", "line 2: cluster 5 has no column among prob_0..prob_1"),
+    ("index,cluster,prob_0,prob_1\n0,1,nan,0.5\n", "line 2: probabilities must lie in [0, 1]"),
+    ("index,cluster,prob_0,prob_1\n0,1,-0.1,1.1\n", "line 2: probabilities must lie in [0, 1]"),
+    ("index,cluster,p0,p1\n0,1,0.5,0.5\n", "the header must name prob_0..prob_1"),
+    ("index,cluster\n", "no predictions"),
+])
+def test_a_csv_that_cannot_be_scored_as_written_is_a_one_line_error(capsys, tmp_path, body, message):
+    bad = tmp_path / "bad.csv"
+    bad.write_text(body)
+    code, out, err = run_cli(capsys, "evaluate", str(bad), "--dataset", "digits")
+    assert code == 2 and out == "" and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_evaluate_reads_whole_number_floats_blank_lines_and_probabilities(capsys, tmp_path):
+    """What a spreadsheet or pandas writes (3.0, a trailing blank line) is the same prediction; the
+    probability columns give the confident-sample figures."""
+    csv = tmp_path / "p.csv"
+    csv.write_text("index,cluster,prob_0,prob_1\n0,0.0,0.95,0.05\n\n1,1,0.4,0.6\n\n")
+    code, out, err = run_cli(capsys, "evaluate", str(csv), "--dataset", "digits", "--json")
+    result = json.loads(out)
+    assert code == 0 and result["n"] == 2 and result["k"] == 2 and result["CONFIDENT_FRACTION"] == 0.5
+
+
+def test_an_index_past_the_split_names_itself(capsys, tmp_path):
+    csv = tmp_path / "p.csv"
+    csv.write_text("index,cluster\n0,1\n1797,2\n")
+    code, _, err = run_cli(capsys, "evaluate", str(csv), "--dataset", "digits")
+    assert code == 2 and "index 1797 is outside the 1797 images" in err
+
+
+def _class_folders(root: Path) -> Path:
+    from PIL import Image
+
+    for i, name in enumerate(["a", "a", "b", "b"]):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        Image.new("L", (8, 8), color=60 * i).save(root / name / f"{i}.png")
+    return root
+
+
+def test_skipped_files_are_one_warning_line_on_the_command_line(capsys, tmp_path):
+    images = _class_folders(tmp_path / "images")
+    (images / "a" / "notes.txt").write_text("not an image")
+    csv = tmp_path / "p.csv"
+    csv.write_text("index,cluster\n0,0\n1,0\n2,1\n3,1\n")
+    code, out, err = run_cli(capsys, "evaluate", str(csv), "--dataset", f"folder:{images}", "--labels-from-folders",
+                             "--json")
+    assert code == 0 and json.loads(out)["ACC"] == 1.0
+    warning = [line for line in err.splitlines() if "notes.txt" in line]
+    assert len(warning) == 1 and warning[0].startswith("labelless: warning: skipped 1 file(s)")
+    assert "warnings.warn" not in err and "return read_folder" not in err  # no echoed source line
+
+
+def test_labels_from_a_flat_folder_say_why_there_are_none(capsys, tmp_path):
+    images = _class_folders(tmp_path / "images")
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for png in images.rglob("*.png"):
+        (flat / png.name).write_bytes(png.read_bytes())
+    csv = tmp_path / "p.csv"
+    csv.write_text("index,cluster\n0,0\n")
+    code, _, err = run_cli(capsys, "evaluate", str(csv), "--dataset", f"folder:{flat}", "--labels-from-folders")
+    assert code == 2 and "is a readable image inside a class subfolder" in err and "Pillow" not in err
 
 
 def test_help_documents_every_option():

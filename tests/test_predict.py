@@ -102,7 +102,8 @@ def test_cluster_folders_are_zero_padded():
     assert cluster_folder_name(7, 150) == "cluster_007"
 
 
-@pytest.mark.parametrize("problem", ["no_images", "not_a_run", "unwritable_parent", "read_only"])
+@pytest.mark.parametrize("problem", ["no_images", "not_a_run", "unwritable_parent", "read_only", "out_is_a_folder",
+                                     "bad_device"])
 def test_bad_input_ends_in_one_line(problem, tiny_run, image_folder, tmp_path, capsys):
     run, _ = tiny_run
     images, out = image_folder, tmp_path / "p.csv"
@@ -113,6 +114,8 @@ def test_bad_input_ends_in_one_line(problem, tiny_run, image_folder, tmp_path, c
         (images / "a.txt").write_text("x")
     elif problem == "not_a_run":
         run_dir = image_folder
+    elif problem == "out_is_a_folder":  # refused before predicting, not after
+        out = tmp_path
     elif problem == "unwritable_parent":
         (tmp_path / "file").write_text("x")
         out = tmp_path / "file" / "p.csv"
@@ -123,6 +126,7 @@ def test_bad_input_ends_in_one_line(problem, tiny_run, image_folder, tmp_path, c
         read_only.mkdir()
         read_only.chmod(0o555)
         out = read_only / "p.csv"
-    code, _, err = run_cli(capsys, "predict", run_dir, images, "--out", out)
+    device = ["--device", "cuda:x"] if problem == "bad_device" else []
+    code, _, err = run_cli(capsys, "predict", run_dir, images, "--out", out, *device)
     assert code == 2
     assert err.startswith("labelless: error:") and len(err.strip().splitlines()) == 1, err

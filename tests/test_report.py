@@ -55,6 +55,24 @@ def test_report_command_error_is_one_line(tmp_path, capsys):
     assert err.startswith("labelless: error:") and len(err.strip().splitlines()) == 1
 
 
+def test_a_damaged_run_directory_still_gets_its_report_and_says_what_it_left_out(report, tmp_path, capsys):
+    """A run killed mid-write leaves half a line in metrics.jsonl; a hand-edited metrics.json may not parse.
+    The report is still written: the bad line is counted and left out, the model predicts again."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(report.parent, run_dir)
+    epochs = len((run_dir / "metrics.jsonl").read_text().splitlines())
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write('{"stage": "selflabel", "epo')
+    (run_dir / "metrics.json").write_text("{not json")
+    page = write_report(run_dir, store=load_dataset("digits").subset(slice(0, 300)), split="all", tsne_points=50,
+                        device="cpu").read_text(encoding="utf-8")
+    err = capsys.readouterr().err
+    assert f"1 unreadable line(s) of metrics.jsonl left out (line {epochs + 1})" in page
+    assert "id='training'" in page and "id='metrics'" in page
+    assert "metrics.json is unreadable" in err and "unreadable line(s) of metrics.jsonl" in err
+    assert "Traceback" not in err
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium; .ci/run does)")
 def test_report_renders_in_headless_chromium(report, tmp_path):
     url = report.resolve().as_uri()

@@ -76,6 +76,9 @@ class _Header:
     class_folder: str | None = None  # first-level subfolder, with labels_from_folders
 
 
+NOT_IN_CLASS_FOLDER = "not inside a class subfolder (labels_from_folders)"
+
+
 def read_folder(path: str | os.PathLike, image_size: int | None = None, labels_from_folders: bool = False,
                 max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = True, stream: str | None = None,
                 cache_dir: str | os.PathLike | None = None) -> ImageStore:
@@ -97,6 +100,10 @@ def read_folder(path: str | os.PathLike, image_size: int | None = None, labels_f
         headers = _read_headers(files, root, labels_from_folders, max_pixels, progress, skipped)
         if not headers:
             _warn_skipped(root, skipped)
+            if labels_from_folders and any(why == NOT_IN_CLASS_FOLDER for _, why in skipped):
+                raise UserError(f"none of the {len(files)} files under '{_shown(root)}' is a readable image inside a "
+                                "class subfolder: --labels-from-folders takes each label from the first-level "
+                                "subfolder (PATH/cat/1.png), so a flat folder has none")
             raise UserError(f"none of the {len(files)} files under '{_shown(root)}' is an image Pillow can read "
                             f"(first: {_shown(skipped[0][0])}: {skipped[0][1]})")
         size, why = _target_size(headers, image_size)
@@ -164,7 +171,7 @@ def _read_headers(files: list[str], root: str, labels_from_folders: bool, max_pi
     for file in _progress(files, len(files), "reading headers", progress):
         class_folder = _class_folder(file, root) if labels_from_folders else None
         if labels_from_folders and class_folder is None:
-            skipped.append((file, "not inside a class subfolder (labels_from_folders)"))
+            skipped.append((file, NOT_IN_CLASS_FOLDER))
             continue
         header, reason = _header(file, max_pixels)
         if header is None:
@@ -399,7 +406,7 @@ def _warn_skipped(root: str, skipped: list[tuple[str, str]]) -> None:
         return
     first = ", ".join(f"{_shown(p)} ({reason})" for p, reason in sorted(skipped)[:5])
     more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
-    warnings.warn(f"skipped {len(skipped)} unreadable file(s) under '{_shown(root)}': {first}{more} "
+    warnings.warn(f"skipped {len(skipped)} file(s) under '{_shown(root)}': {first}{more} "
                   "(all listed in store.skipped)", stacklevel=3)
 
 

@@ -39,6 +39,12 @@ def _parts(name: str, split: str, splits: dict[str, tuple[str, ...]]) -> tuple[s
     return splits[split]
 
 
+def _fetch_hint(name: str, root: Path) -> str:
+    """How to get a missing dataset: the CLI reads files, Python's load_dataset can fetch them."""
+    return (f"pass --data-root, or fetch it once with torchvision: "
+            f"python -c \"import labelless; labelless.load_dataset('{name}', root='{root}', download=True)\"")
+
+
 def _locate(name: str, root: Path, marker: str, download: Callable[[], object] | None = None) -> Path:
     """The folder (root or root/NAME) holding `marker`; downloads into root first if asked and missing."""
     for base in (root, root / name):
@@ -48,7 +54,7 @@ def _locate(name: str, root: Path, marker: str, download: Callable[[], object] |
         _download(name, root, download)
         if (root / marker).exists():
             return root
-    raise UserError(f"{name} not found under {root} (expected {root / marker}); pass --data-root or --download")
+    raise UserError(f"{name} not found under {root} (expected {root / marker}); {_fetch_hint(name, root)}")
 
 
 def _download(name: str, root: Path, fetch: Callable[[], object]) -> None:
@@ -238,6 +244,6 @@ def read_mnist(root: Path, split: str, download: bool) -> ImageStore:
                 return _store(images, _read_idx(labels_file, 1), MNIST_CLASSES,
                               f"MNIST {part} (IDX, {folder})")
         raise UserError(f"mnist not found under {root} (expected {root}/MNIST/raw/{prefix}-images-idx3-ubyte[.gz]); "
-                        "pass --data-root or --download")
+                        f"{_fetch_hint('mnist', root)}")
 
     return _read_split("mnist", split, TRAIN_TEST, read_part)

@@ -163,6 +163,29 @@ def _holdout_split(name: str, split: str, root: str | Path | None, download: boo
     return dataclasses.replace(subset, source=f"{store.source}, {split} ({share:.0%} of {parent}, fixed seed {HOLDOUT_SEED})")
 
 
+# the folder reader's options (`dataset.options` in a config) and the types each accepts; None: not given
+FOLDER_OPTIONS: dict[str, tuple[type, ...]] = {
+    "image_size": (int, type(None)), "labels_from_folders": (bool, type(None)), "max_pixels": (int,),
+    "stream": (str, type(None)), "cache_dir": (str, os.PathLike, type(None)), "progress": (bool,),
+}
+
+
+def _check_options(name: str, options: dict) -> None:
+    """An option the loader would not use, or of the wrong type, is a one-line error, not silently dropped."""
+    if not name.startswith("folder:"):
+        if options:
+            raise UserError(f"dataset '{name}' takes no options, got {', '.join(sorted(options))} "
+                            f"(dataset.options is for folder:PATH)")
+        return
+    for key, value in options.items():
+        if key not in FOLDER_OPTIONS:
+            raise UserError(f"unknown option '{key}' for folder:PATH: choose from {', '.join(FOLDER_OPTIONS)}")
+        wanted = FOLDER_OPTIONS[key]
+        if not isinstance(value, wanted) or (isinstance(value, bool) and bool not in wanted):
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in wanted)
+            raise UserError(f"folder option '{key}' must be {names}, got {value!r}")
+
+
 def load_dataset(name: str, split: str | None = None, root: str | Path | None = None, download: bool = False,
                  **options) -> ImageStore:
     """Load a dataset by its CLI name into an ImageStore (labels, where present, for evaluation only).
@@ -170,6 +193,7 @@ def load_dataset(name: str, split: str | None = None, root: str | Path | None = 
     `split` defaults to `train` (`all` for `digits` and folders). `folder:PATH` accepts the folder
     reader's options (`image_size`, `labels_from_folders`).
     """
+    _check_options(name, options)
     if split in HOLDOUT_SPLITS:
         return _holdout_split(name, split, root, download, options)
     if name.startswith("folder:"):

@@ -13,6 +13,7 @@ import base64
 import csv
 import html
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -95,18 +96,33 @@ def _probabilities(run: Run, store: ImageStore, split: str) -> np.ndarray:
     return torch.cat([run.probabilities(store.images[i:i + BATCH]) for i in range(0, len(store), BATCH)]).numpy()
 
 
-def _saved_probabilities(run: Run, n: int, split: str) -> np.ndarray | None:
-    csv_path, metrics_path = run.run_dir / "predictions.csv", run.run_dir / "metrics.json"
-    if not (csv_path.is_file() and metrics_path.is_file()):
+def _read_metrics_json(path: Path) -> dict | None:
+    """metrics.json, or None with one line on stderr when it is unreadable (the report then predicts again
+    and leaves out what only that file holds, e.g. the per-head ACC)."""
+    if not path.is_file():
         return None
-    scored = json.loads(metrics_path.read_text(encoding="utf-8"))
-    if scored.get("split") != split or scored.get("n") != n:
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        print(f"labelless: warning: {path} is unreadable ({error}); the report predicts again without it",
+              file=sys.stderr)
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
+def _saved_probabilities(run: Run, n: int, split: str) -> np.ndarray | None:
+    csv_path = run.run_dir / "predictions.csv"
+    scored = _read_metrics_json(run.run_dir / "metrics.json") if csv_path.is_file() else None
+    if scored is None or scored.get("split") != split or scored.get("n") != n:
         return None
     with open(csv_path, newline="") as f:
         rows = list(csv.reader(f))
-    if rows[0][:2] != ["index", "cluster"] or len(rows[0]) != 2 + run.k or len(rows) - 1 != n:
+    if not rows or rows[0][:2] != ["index", "cluster"] or len(rows[0]) != 2 + run.k or len(rows) - 1 != n:
         return None
-    table = np.array(rows[1:], dtype=np.float64)
+    try:
+        table = np.array(rows[1:], dtype=np.float64)
+    except ValueError:  # a damaged file is a cache miss: the model predicts the split again
+        return None
     if not np.array_equal(table[:, 0], np.arange(n)):
         return None
     return table[:, 2:]
@@ -129,8 +145,7 @@ def _header(run: Run, store: ImageStore, split: str, n: int) -> str:
 def _metrics_section(run: Run, labels: np.ndarray, clusters: np.ndarray, probabilities: np.ndarray,
                      split: str) -> str:
     metrics = cluster_metrics(labels, clusters, probabilities, 0.9)
-    saved = run.run_dir / "metrics.json"
-    per_head = json.loads(saved.read_text()).get("ACC_PER_HEAD") if saved.is_file() else None
+    per_head = (_read_metrics_json(run.run_dir / "metrics.json") or {}).get("ACC_PER_HEAD")
     labelled = run.config.labelled_fraction
     protocol = [
         ("split scored", f"{split} ({len(labels)} images)"),
@@ -225,13 +240,25 @@ def _map_section(run: Run, store: ImageStore, clusters: np.ndarray, points: int,
 def _curves_section(path: Path) -> str:
     if not path.is_file():
         return ""
-    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines, bad = [], []
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        if line.strip():
+            try:
+                lines.append(json.loads(line))
+            except ValueError:
+                bad.append(number)
+    lines = [line for line in lines if isinstance(line, dict)]
+    skipped = ""
+    if bad:  # a run killed mid-write leaves a partial last line
+        skipped = (f" {len(bad)} unreadable line(s) of metrics.jsonl left out (line {', '.join(map(str, bad[:5]))}"
+                   f"{' …' if len(bad) > 5 else ''}).")
+        print(f"labelless: warning: {path}: {skipped.strip()}", file=sys.stderr)
     png = plots.training_curves(lines)
     if png is None:
         return ""
     return ("<section id='training'><h2>Training</h2><p class='note'>From metrics.jsonl: one point per epoch. "
             "Entropy is that of the predicted cluster sizes (higher = more balanced); no label is logged during "
-            f"training.</p><img class='figure' src='{_data_url(png)}' alt='training curves'></section>")
+            f"training.{_e(skipped)}</p><img class='figure' src='{_data_url(png)}' alt='training curves'></section>")
 
 
 # ------------------------------------------------------------------------------------------ page

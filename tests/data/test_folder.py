@@ -53,7 +53,7 @@ def messy(tmp_path: Path) -> tuple[Path, list[str]]:
 
 def test_messy_folder_loads_readable_and_lists_the_rest(messy):
     root, readable = messy
-    with pytest.warns(UserWarning, match=r"skipped 4 unreadable file\(s\)") as caught:
+    with pytest.warns(UserWarning, match=r"skipped 4 file\(s\)") as caught:
         store = read_folder(root, progress=False)
     assert store.images.shape == (7, 64, 64, 3)  # mixed sizes → 64 px, any colour → RGB
     assert store.paths == readable

@@ -86,7 +86,9 @@ def test_missing_root_is_one_line_user_error(tmp_path):
     message = str(error.value)
     assert "\n" not in message
     assert message.startswith(f"cifar100 not found under {tmp_path}")
-    assert "cifar-100-python/train" in message and "--download" in message
+    assert "cifar-100-python/train" in message and "--data-root" in message
+    # the fetch it names is a real one: load_dataset's download=True (the CLI has no --download)
+    assert f"labelless.load_dataset('cifar100', root='{tmp_path}', download=True)" in message
 
 
 def test_unknown_split(cifar100_root):

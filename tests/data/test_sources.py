@@ -27,6 +27,23 @@ def test_unknown_dataset_and_bad_split():
         load_dataset("digits", split="test")
 
 
+def test_dataset_options_are_checked_not_dropped(tmp_path: Path):
+    """`dataset.options` reaches only the folder reader: an option a loader would ignore, or of the wrong
+    type, is refused before any image is read (it once trained on digits unchanged, recorded as a variant)."""
+    with pytest.raises(UserError, match="dataset 'digits' takes no options, got image_size"):
+        load_dataset("digits", image_size=32)
+    with pytest.raises(UserError, match="unknown option 'foo' for folder:PATH"):
+        load_dataset(f"folder:{tmp_path}", foo=1)
+    with pytest.raises(UserError, match="folder option 'image_size' must be int or null, got 'abc'"):
+        load_dataset(f"folder:{tmp_path}", image_size="abc")
+    with pytest.raises(UserError, match="folder option 'labels_from_folders' must be bool or null, got 1"):
+        load_dataset(f"folder:{tmp_path}", labels_from_folders=1)
+    with pytest.raises(UserError, match="folder option 'max_pixels' must be int, got True"):
+        load_dataset(f"folder:{tmp_path}", max_pixels=True)
+    with pytest.raises(UserError, match="holds no files"):  # valid options reach the reader
+        load_dataset(f"folder:{tmp_path}", image_size=None, labels_from_folders=False, progress=False)
+
+
 def test_npz_shards_from_root(tmp_path: Path):
     rng = np.random.default_rng(3)
     shards = [(rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n)) for n in (3, 2)]

@@ -70,7 +70,7 @@ def digit_folder(tmp_path: Path) -> Path:
 
 
 def read(root: Path, stream: str, cache: Path, **options) -> ImageStore:
-    with pytest.warns(UserWarning, match="skipped 2 unreadable"):
+    with pytest.warns(UserWarning, match="skipped 2 file"):
         return read_folder(root, labels_from_folders=True, progress=False, stream=stream, cache_dir=cache, **options)
 
 
@@ -103,7 +103,7 @@ def test_streamed_folder_equals_the_in_memory_read_and_its_cache_is_reused(digit
     os.utime(changed, ns=(1, 1))  # a new mtime: the fingerprint no longer matches, the cache is rebuilt
     monkeypatch.setenv(stores.STREAM_ENV, "always")
     monkeypatch.setenv(folder_module.CACHE_ENV, str(cache))
-    with pytest.warns(UserWarning, match="skipped 2 unreadable"):
+    with pytest.warns(UserWarning, match="skipped 2 file"):
         rebuilt = load_dataset(f"folder:{digit_folder}", labels_from_folders=True, progress=False)
     assert rebuilt.streamed and len(list(cache.iterdir())) == 2
     row = rebuilt.paths.index(str(changed))
@@ -176,6 +176,6 @@ def test_the_digits_pipeline_runs_the_same_on_a_streamed_folder(digit_folder, tm
 def test_fit_and_holdout_of_a_streamed_folder_are_a_one_line_refusal(digit_folder, tmp_path, monkeypatch):
     monkeypatch.setenv(stores.STREAM_ENV, "always")
     monkeypatch.setenv(folder_module.CACHE_ENV, str(tmp_path / "cache"))
-    with pytest.warns(UserWarning, match="skipped 2 unreadable"):
+    with pytest.warns(UserWarning, match="skipped 2 file"):
         with pytest.raises(UserError, match="streamed from disk because it does not fit: use 'all'"):
             load_dataset(f"folder:{digit_folder}", split="holdout", labels_from_folders=True, progress=False)
