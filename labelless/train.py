@@ -454,8 +454,9 @@ class Trainer:
                  tensorboard: bool = True, on_epoch_end: Callable[[str, int, Method], None] | None = None,
                  labels: Tensor | None = None, deadline: Deadline | None = None):
         """`on_epoch_end(stage name, epoch, method)` runs after every epoch, before its checkpoint: an
-        observer (the time-to-accuracy benchmark's evaluation-only curve); it must not train. With an EMA
-        it sees the EMA's weights, what the stage would return if it ended there.
+        observer (the time-to-accuracy benchmark's evaluation-only curve); it must not train. It sees the
+        method in eval mode (train mode is restored after), and with an EMA the EMA's weights: what the
+        stage would return if it ended there.
         `labels` (weakly-supervised mode, `labelled_fraction`): one per store row, −1 where unlabelled.
         Every step then adds the cross-entropy of the method's heads on a random batch of the labelled
         rows (`Method.labelled_logits`); a `uses_labels` stage (the supervised reference) sees only these
@@ -538,6 +539,7 @@ class Trainer:
                 step = self._run_epoch(epoch, step, method, step_fn, optimizer, ema, log, clock)
                 if self.on_epoch_end is not None and self.dist.is_main:
                     with ema.swapped_in() if ema is not None else nullcontext():
+                        method.eval()  # the observer evaluates: BatchNorm statistics and dropout stay untouched
                         self.on_epoch_end(self.stage.name, epoch, method)
                     method.train()
                 done = epoch + 1

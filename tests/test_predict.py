@@ -102,11 +102,15 @@ def test_cluster_folders_are_zero_padded():
     assert cluster_folder_name(7, 150) == "cluster_007"
 
 
-@pytest.mark.parametrize("problem", ["no_images", "not_a_run", "unwritable_parent", "read_only", "out_is_a_folder",
-                                     "bad_device"])
-def test_bad_input_ends_in_one_line(problem, tiny_run, image_folder, tmp_path, capsys):
+@pytest.mark.parametrize("problem, message", [
+    ("no_images", "none of the 1 files is an image Pillow can read"), ("not_a_run", "lacks"),
+    ("unwritable_parent", "cannot write to"),
+    ("read_only", "cannot write to"), ("out_is_a_folder", "is a folder: name the CSV file to write"),
+    ("bad_device", "device 'cuda:x' is not a device name"),
+])
+def test_bad_input_ends_in_one_line(problem, message, tiny_run, image_folder, tmp_path, capsys):
     run, _ = tiny_run
-    images, out = image_folder, tmp_path / "p.csv"
+    images, out, device = image_folder, tmp_path / "p.csv", []
     run_dir = run.run_dir
     if problem == "no_images":
         images = tmp_path / "texts"
@@ -119,6 +123,8 @@ def test_bad_input_ends_in_one_line(problem, tiny_run, image_folder, tmp_path, c
     elif problem == "unwritable_parent":
         (tmp_path / "file").write_text("x")
         out = tmp_path / "file" / "p.csv"
+    elif problem == "bad_device":
+        device = ["--device", "cuda:x"]
     else:
         if os.geteuid() == 0:
             pytest.skip("root writes into read-only folders; the unwritable_parent case covers the message")
@@ -126,7 +132,7 @@ def test_bad_input_ends_in_one_line(problem, tiny_run, image_folder, tmp_path, c
         read_only.mkdir()
         read_only.chmod(0o555)
         out = read_only / "p.csv"
-    device = ["--device", "cuda:x"] if problem == "bad_device" else []
     code, _, err = run_cli(capsys, "predict", run_dir, images, "--out", out, *device)
     assert code == 2
     assert err.startswith("labelless: error:") and len(err.strip().splitlines()) == 1, err
+    assert message in err, err

@@ -74,18 +74,20 @@ def test_supervised_learns_from_labels_and_refuses_to_run_without_them(store: Im
     with pytest.raises(UserError, match="uses_labels"):
         Supervised(k=10, in_channels=1, image_size=28)
     torch.manual_seed(0)
-    method = Supervised(k=10, in_channels=1, image_size=28, backbone="vgg4", augment="affine", uses_labels=True)
+    method = Supervised(k=10, in_channels=1, image_size=28, backbone="vgg4", augment="none", uses_labels=True)
     optimizer = torch.optim.Adam(method.parameters(), lr=1e-3)
     images, labels = to_float(store.images[:64]), store.labels[:64].clone()
     labels[::4] = -1  # unlabelled rows (weakly-supervised mode) are ignored
-    losses = []
-    for _ in range(3):
+    losses, accuracies = [], []
+    for _ in range(15):
         loss, logs = method.training_step(Batch(images, torch.arange(64), labels))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    assert all(math.isfinite(value) for value in losses) and 0 <= float(logs["train_accuracy"]) <= 1
+        accuracies.append(float(logs["train_accuracy"]))
+    assert all(math.isfinite(value) for value in losses)
+    assert losses[-1] < 0.5 * losses[0] and accuracies[-1] > 0.9, (losses, accuracies)  # it fits the 48 labels
     with pytest.raises(UserError, match="without labels"):
         method.training_step(Batch(images, torch.arange(64)))
 
