@@ -30,7 +30,8 @@ def test_run_on_digits_writes_the_run_directory_and_json(capsys, tmp_path):
     result = json.loads(out)
     assert JSON_KEYS <= set(result)
     assert result["n"] == 1797 and result["k"] == 10 and result["split"] == "all" and result["dataset"] == "digits"
-    assert 0 <= result["ACC"] <= 1 and result["labels_used_in_training"] is False
+    # measured 0.534 after 2 + 1 epochs; random clusters score ≈ 0.12 on digits
+    assert 0.35 < result["ACC"] <= 1 and result["labels_used_in_training"] is False
     for name in ("config.yaml", "metrics.jsonl", "predictions.csv", "model.safetensors", "metrics.json",
                  "artefacts/neighbour_indices.pt", "checkpoints/cluster.pt", "checkpoints/selflabel.pt"):
         assert (tmp_path / name).exists(), name
@@ -260,10 +261,14 @@ def test_k_auto_mistakes_are_one_line_and_exit_2(capsys, tmp_path, command, opti
 
 def test_run_k_auto_on_digits_writes_its_choice(capsys, tmp_path):
     code, out, err = run_cli(capsys, "run", "--dataset", "digits", "--device", "cpu", "--run-dir", str(tmp_path),
-                             "--k", "auto", "--k-range", "9..11", "--set", "stages.0.train.epochs=1",
+                             "--k", "auto", "--k-range", "2..12", "--set", "stages.0.train.epochs=1",
                              "--set", "stages.1.train.epochs=1", "--json")
     selection = json.loads((tmp_path / "k_selection.json").read_text())
-    assert code == 0 and selection["k"] in (9, 10, 11) and json.loads(out)["k"] == selection["k"]
+    assert code == 0 and json.loads(out)["k"] == selection["k"]
+    scores = selection["scores"]
+    assert [row["k"] for row in scores] == list(range(2, 13))
+    assert selection["k"] == min(scores, key=lambda row: (row["mean_rank"], row["k"]))["k"]  # the rule, applied
+    assert 8 <= selection["k"] <= 12  # digits has 10 classes; test_kselect finds 9 or 12 on its pixels
     assert selection["embedding"].startswith("pixels")  # the digits default has no embedding stage
     assert f"chose K = {selection['k']}" in err
 
@@ -327,7 +332,9 @@ def test_tuning_trains_on_fit_and_scores_the_unseen_holdout(capsys, tmp_path):
     assert result["head_selection"] == "lowest_loss" and "ACC_HUNGARIAN" not in result
     assert result["variant"] == "digits-default dataset.split=fit stages.0.train.epochs=1 stages.1.train.epochs=1"
     fit = result["also_scored"]["fit"]
-    assert fit["n"] == 1617 and fit["split"] == "fit" and 0 < fit["ACC"] <= 1 and "KNN" not in fit
+    # measured 0.414 on fit, 0.433 on holdout after 1 + 1 epochs; random clusters score ≈ 0.12
+    assert fit["n"] == 1617 and fit["split"] == "fit" and 0.25 < fit["ACC"] <= 1 and 0.25 < result["ACC"]
+    assert "KNN" not in fit
     assert len((tmp_path / "predictions-fit.csv").read_text().splitlines()) == 1 + 1617
     assert json.loads((tmp_path / "metrics-fit.json").read_text())["ACC"] == fit["ACC"]
     assert len((tmp_path / "predictions.csv").read_text().splitlines()) == 1 + 180
