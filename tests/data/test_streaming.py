@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,26 @@ def test_memory_plan_streams_above_half_the_available_memory(monkeypatch):
 
 def test_available_memory_is_a_positive_byte_count():
     available = stores.available_memory()
-    assert available is None or available > 10 ** 6
+    if sys.platform.startswith("linux"):  # /proc/meminfo exists: None here would be a regression
+        physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        assert available is not None and 10 ** 6 < available <= physical
+    else:
+        assert available is None or available > 10 ** 6
+
+
+@pytest.mark.parametrize("limit, expected", [("max\n", 2048 * 1024), ("1000000\n", 1_000_000),
+                                             ("9999999999\n", 2048 * 1024)])
+def test_available_memory_reads_meminfo_capped_by_the_cgroup_limit(monkeypatch, limit, expected):
+    files = {"/proc/meminfo": "MemTotal:  4096 kB\nMemFree:  1000 kB\nMemAvailable:  2048 kB\n",
+             "/sys/fs/cgroup/memory.max": limit}
+
+    def fake_open(path, *args, **kwargs):
+        if path not in files:
+            raise FileNotFoundError(path)
+        return io.StringIO(files[path])
+
+    monkeypatch.setattr(stores, "open", fake_open, raising=False)
+    assert stores.available_memory() == expected
 
 
 @pytest.fixture

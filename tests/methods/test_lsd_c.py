@@ -4,6 +4,7 @@ mixed views share their mix."""
 from __future__ import annotations
 
 import json
+import re
 import warnings
 
 import pytest
@@ -109,8 +110,11 @@ def test_continues_the_rotnet_backbone_and_refuses_bad_settings():
     first = method.backbone.blocks[0][1].weight
     assert torch.equal(first, rotnet.backbone.blocks[0][1].weight) and first is not rotnet.backbone.blocks[0][1].weight
     assert not first.requires_grad and method.backbone.blocks[1][0].weight.requires_grad
-    for bad in ({"labelling": "euclid"}, {"data_mix": "cutmix"}, {"trainable_from": 9}, {"head": "deep"}):
-        with pytest.raises(UserError):
+    for bad, message in [({"labelling": "euclid"}, "labelling must be one of knn, cosine, sne, got 'euclid'"),
+                         ({"data_mix": "cutmix"}, "data_mix must be one of ricap, mixup, none, got 'cutmix'"),
+                         ({"trainable_from": 9}, "trainable_from 9 is outside the backbone's 2 blocks"),
+                         ({"head": "deep"}, "head must be one of linear, mlp, got 'deep'")]:
+        with pytest.raises(UserError, match=re.escape(message)):
             LSDC(k=10, in_channels=1, image_size=8, pretrained=rotnet, **bad)
     with pytest.raises(UserError, match="mix_per must be one of batch, sample, got 'image'"):
         LSDC(k=10, in_channels=1, image_size=8, pretrained=rotnet, mix_per="image")

@@ -12,6 +12,7 @@ import torch
 from labelless.config import StageConfig, TrainConfig
 from labelless.data.sources import default_data_root, load_dataset
 from labelless.data.stores import ImageStore
+from labelless.errors import UserError
 from labelless.methods.base import Batch, EpochContext
 from labelless.methods.super_and import SuperAND
 from labelless.nn.memory import bank_entropy
@@ -142,10 +143,14 @@ def test_the_authors_transform_is_the_default_of_their_recipe_only():
     from labelless.data.augment import Augment
     from labelless.methods.super_and import PAPER_AUGMENT_OPTIONS, paper_augment
 
+    # the authors' transform, spelled out (VERIFIED-DETAILS: RandomResizedCrop(0.2, 1), ColorJitter(0.4 ×4)
+    # always applied, RandomGrayscale(0.2)), so a change to the constant fails here
+    assert PAPER_AUGMENT_OPTIONS == {"scale": (0.2, 1.0), "jitter": (0.4, 0.4, 0.4, 0.4), "jitter_p": 1.0,
+                                     "grayscale_p": 0.2}
     x = torch.rand(16, 1, 28, 28)
     for recipe, options in (("simclr", PAPER_AUGMENT_OPTIONS), ("affine", {})):
         made = paper_augment(28, 1, recipe, None)
         expected = Augment(recipe, size=28, channels=1, **options)
         assert torch.equal(made(x, torch.Generator().manual_seed(3)), expected(x, torch.Generator().manual_seed(3)))
-    with pytest.raises(Exception, match="no option"):
+    with pytest.raises(UserError, match="augmentation 'affine' has no option grayscale_p, jitter, jitter_p"):
         paper_augment(28, 1, "affine", PAPER_AUGMENT_OPTIONS)  # the authors' options do not fit another recipe

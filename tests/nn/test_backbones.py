@@ -142,5 +142,5 @@ def test_registry() -> None:
     assert list_backbones() == sorted(BACKBONES)
     assert {"resnet18", "resnet34", "resnet50", "resnet101", "alexnet", "vgg4", "vgg16_bn", "wrn28_2",
             "small_cnn", "mlp", "lenet"} <= set(BACKBONES)
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match="unknown backbone 'resnet9000': choose one of alexnet, lenet"):
         build_backbone("resnet9000")
