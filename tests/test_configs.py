@@ -5,6 +5,8 @@ here, not minutes into a lent GPU's time."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import warnings
 from pathlib import Path
 
@@ -86,4 +88,10 @@ def test_config_trains_every_stage_and_evaluates(path: Path, tmp_path):
                 stage.method["encoder_from"] = str(tmp_path / "earlier")
         run = train(config, tmp_path / "run", progress=False, store=store)
         metrics = evaluate(run, store, "train", config.dataset.name)
-    assert 0.0 <= metrics["ACC"] <= 1.0 and (tmp_path / "run" / "model.safetensors").is_file()
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    for stage in config.stages:  # every stage trained, with finite losses, and left its checkpoint
+        losses = [line["loss"] for line in logged if line.get("stage") == stage.name and "loss" in line]
+        assert losses and all(math.isfinite(loss) for loss in losses), stage.name
+        assert (tmp_path / "run" / "checkpoints" / f"{stage.name}.pt").is_file(), stage.name
+    assert metrics["n"] == len(store) and 0.0 < metrics["ACC"] <= 1.0 and math.isfinite(metrics["NMI"])
