@@ -3,6 +3,10 @@
 Maximise the mutual information between the cluster posteriors of two augmented views of each
 image (`labelless.losses.iic_loss`), with several sub-heads and an optional over-clustering head
 (K' > K clusters) that shapes the trunk. The K-way head with the lowest loss is the answer.
+
+Every step adds the over-clustering loss to the K-way heads' mean loss, one backward for both. The
+authors' code instead alternates the two heads (a pass over the data for each per epoch); the sum is
+the common simplification, not measured against the alternation here.
 """
 from __future__ import annotations
 
