@@ -27,6 +27,7 @@ from pathlib import Path
 
 from labelless.baselines import BASELINES, run_baseline
 from labelless.data import load_dataset
+from labelless.data.sources import DEFAULT_SPLIT
 from labelless.provenance import device_name, stamp
 
 
@@ -34,18 +35,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="+", choices=list(BASELINES), metavar="NAME",
                         help=f"baselines to run: {', '.join(BASELINES)}")
-    parser.add_argument("--dataset", default="cifar10", help="dataset with train and test splits")
+    parser.add_argument("--dataset", default="cifar10",
+                        help="dataset with train and test splits, or digits (one split, unsupervised baselines)")
     parser.add_argument("--subsample", type=int, default=None,
                         help="fit on a seeded random subset of train of this size (pca-svm: 20000 takes ~9 min)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
 
-    train, test = load_dataset(args.dataset, split="train"), load_dataset(args.dataset, split="test")
+    if DEFAULT_SPLIT.get(args.dataset) == "all":  # digits: one split, fitted and scored (unsupervised only)
+        train, test, train_split = load_dataset(args.dataset), None, "all"
+    else:
+        train, train_split = load_dataset(args.dataset, split="train"), "train"
+        test = load_dataset(args.dataset, split="test")
     setup_seconds = time.perf_counter() - PROCESS_START
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for name in args.names:
-        result = run_baseline(name, train, test, k=train.num_classes, subsample=args.subsample, seed=args.seed)
+        result = run_baseline(name, train, test, k=train.num_classes, subsample=args.subsample, seed=args.seed,
+                              train_split=train_split)
         record = {
             "method": f"baseline:{name}",
             "description": BASELINES[name].description,
