@@ -1,36 +1,41 @@
 """Resident memory and speed of one `labelless` command under several settings of glibc's allocator.
 
-    python benchmarks/allocator_memory.py --settings tuned system trim256 --out /tmp/allocator.json -- \\
+    OMP_NUM_THREADS=1 python benchmarks/allocator_memory.py --settings mmap4g mmap128 system \\
+        --out benchmarks/memory/allocator-super_and-lenet-mnist-cpu.json -- \\
         train --config configs/mnist/super_and.yaml --set method.backbone=lenet --device cpu --no-report \\
-        --time-limit 9
+        --time-limit 14 --set method.epochs_per_round=2 …   (the file's `command` has the whole line)
 
-`labelless/allocator.py` re-executes the command line with MALLOC_MMAP_THRESHOLD_ and
-MALLOC_TRIM_THRESHOLD_ at 4 GiB (`tuned`), which made CPU training steps ~3× faster and keeps freed
-memory with the process. This measures what that costs. Each setting runs the same command, same seed,
-in its own process and run directory, one after the other (run it on a quiet machine: the timings are
-compared); a sampler reads the process's /proc status (VmRSS, VmHWM) every second. Per setting it
-reports the peak resident size, a resident-size timeline, and each epoch's seconds, images per second and
-loss from the run's metrics.jsonl. The allocator must not change a number: `losses_identical` says
-whether every setting's epoch losses agree bit for bit with the first's.
+`labelless/allocator.py` re-executes the command line with glibc's MALLOC_MMAP_THRESHOLD_ raised, so
+that the tens-of-MiB tensors of a CPU training step are reused instead of page-faulted in anew every step.
+This measures what a setting gains in speed and costs in memory. Each setting (`SETTINGS`; `default` is
+whatever labelless sets by itself) runs the same command, same seed, in its own process and run
+directory, one after the other: run it on a quiet machine, the timings are compared. A sampler reads the
+process's /proc status (VmRSS, VmHWM) and the allocator variables it really runs with every second. Per
+setting the file holds the peak resident size, a resident-size timeline, and each epoch's seconds, images
+per second and loss from the run's metrics.jsonl. The allocator must not change a number:
+`losses_identical` says whether every setting's epoch losses agree bit for bit with the first's.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from labelless.allocator import OPT_OUT, TUNED, USER_SETTINGS
+from labelless.allocator import OPT_OUT, USER_SETTINGS
+from labelless.provenance import device_name, stamp
 
 SETTINGS = {
-    "tuned": {},  # the default: labelless sets TUNED itself
-    "system": {OPT_OUT: "1"},  # glibc's own dynamic thresholds
-    "trim256": {**TUNED, "MALLOC_TRIM_THRESHOLD_": str(256 << 20)},  # no mmap for big blocks, trim the heap top
-    "arena1": {"MALLOC_ARENA_MAX": "1"},  # tuned, all threads in one arena
+    "default": {},  # whatever labelless/allocator.py sets by itself
+    "mmap4g": {"MALLOC_MMAP_THRESHOLD_": str(4 << 30), "MALLOC_TRIM_THRESHOLD_": str(4 << 30)},  # until 2026-12-06
+    "mmap128": {"MALLOC_MMAP_THRESHOLD_": str(128 << 20), "MALLOC_TRIM_THRESHOLD_": str(4 << 30)},
+    "trim256": {"MALLOC_MMAP_THRESHOLD_": str(4 << 30), "MALLOC_TRIM_THRESHOLD_": str(256 << 20)},
+    "system": {OPT_OUT: "1"},  # glibc's own dynamic thresholds (mmap above 128 KiB to 32 MiB)
 }
 
 
@@ -50,14 +55,14 @@ def _allocator_env(pid: int) -> dict[str, str] | None:
         entries = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     except OSError:
         return None
-    names = (*USER_SETTINGS, OPT_OUT, "MALLOC_ARENA_MAX")
+    names = (*USER_SETTINGS, OPT_OUT)
     pairs = (entry.decode(errors="replace").split("=", 1) for entry in entries if b"=" in entry)
     return {name: value for name, value in pairs if name in names}
 
 
 def measure(setting: str, command: list[str], run_dir: Path, every: float = 1.0) -> dict:
     """Run `labelless COMMAND --run-dir RUN_DIR` under `setting`, sampling its resident size."""
-    env = {k: v for k, v in os.environ.items() if k not in (*USER_SETTINGS, OPT_OUT, "MALLOC_ARENA_MAX")}
+    env = {k: v for k, v in os.environ.items() if k not in (*USER_SETTINGS, OPT_OUT)}
     env.update(SETTINGS[setting])
     started = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "labelless", *command, "--run-dir", str(run_dir)], env=env,
@@ -82,7 +87,7 @@ def measure(setting: str, command: list[str], run_dir: Path, every: float = 1.0)
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=["tuned", "system"])
+    parser.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=["default", "system"])
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the labelless command")
     args = parser.parse_args(argv)
@@ -99,8 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     first = [e["loss"] for e in runs[0]["epochs"]]
     shared = min(len(r["epochs"]) for r in runs)
     identical = shared > 0 and all([e["loss"] for e in r["epochs"][:shared]] == first[:shared] for r in runs)
-    args.out.write_text(json.dumps({"command": ["labelless", *command], "losses_identical": identical,
-                                    "epochs_compared": shared, "runs": runs}, indent=1) + "\n")
+    argv = sys.argv[1:] if argv is None else argv
+    args.out.write_text(json.dumps({"measured": ["labelless", *command], "losses_identical": identical,
+                                    "epochs_compared": shared, "runs": runs, "device": device_name("cpu"),
+                                    "threads": os.environ.get("OMP_NUM_THREADS", "torch's default"),
+                                    **stamp(shlex.join(["python", "benchmarks/allocator_memory.py", *argv]))},
+                                   indent=1) + "\n")
     return 0
 
 

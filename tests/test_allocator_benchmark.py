@@ -25,7 +25,7 @@ def test_status_and_environment_of_a_live_and_of_a_gone_process():
 def test_two_settings_of_a_two_stage_two_epoch_run(tmp_path):
     bench = load_benchmark("allocator_memory")
     out = tmp_path / "allocator.json"
-    assert bench.main(["--settings", "tuned", "system", "--out", str(out), "--", "train", "--config",
+    assert bench.main(["--settings", "default", "system", "--out", str(out), "--", "train", "--config",
                        str(Path(__file__).resolve().parents[1] / "configs/digits/default.yaml"), "--set", "train.epochs=2", "--device", "cpu",
                        "--no-report"]) == 0
     result = json.loads(out.read_text())

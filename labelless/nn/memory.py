@@ -78,6 +78,9 @@ def bank_entropy(memory: Tensor, temperature: float, chunk_size: int = DEFAULT_C
     """H(x_i) = −Σ_j p_i^j log p_i^j of softmax(m_i·Mᵀ/τ), memory against memory, self included
     (Super-AND Eq. 9, as its code computes it): N entropies, chunked over rows so that memory is
     O(chunk·N). Low entropy marks an isolated sample with few close neighbours."""
-    return torch.cat([entropy((memory[start:start + chunk_size].float() @ memory.float().t() / temperature)
-                              .softmax(1))
-                      for start in range(0, len(memory), chunk_size)])
+    bank = memory.float()
+    entropies = torch.empty(len(bank), device=bank.device)  # filled in place: see IN_PLACE in evaluate/knn.py
+    for start in range(0, len(bank), chunk_size):
+        entropies[start:start + chunk_size] = entropy((bank[start:start + chunk_size] @ bank.t() / temperature)
+                                                      .softmax(1))
+    return entropies
