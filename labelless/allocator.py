@@ -19,7 +19,8 @@ Blocks of hundreds of MiB now live in the heap too, and a heap fragments: a loop
 pass that kept each chunk's small result alive while its big blocks came and went grew the heap by a
 chunk's worth every chunk — Super-AND's bank entropy at N = 60,000 (60 chunks of 1024×N) reached
 15,189 MiB resident, 2,298 MiB once the chunks write into one output allocated up front (IN_PLACE in
-labelless/evaluate/knn.py; benchmarks/allocator_memory.py measures a whole run).
+labelless/evaluate/knn.py; measured alone, commit 7972ca0; benchmarks/allocator_memory.py measures a
+whole run).
 """
 from __future__ import annotations
 
