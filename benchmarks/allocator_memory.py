@@ -32,7 +32,7 @@ from labelless.provenance import device_name, stamp
 
 SETTINGS = {
     "default": {},  # whatever labelless/allocator.py sets by itself
-    "mmap4g": {"MALLOC_MMAP_THRESHOLD_": str(4 << 30), "MALLOC_TRIM_THRESHOLD_": str(4 << 30)},  # until 2026-12-06
+    "mmap4g": {"MALLOC_MMAP_THRESHOLD_": str(4 << 30), "MALLOC_TRIM_THRESHOLD_": str(4 << 30)},  # = default, set here
     "mmap128": {"MALLOC_MMAP_THRESHOLD_": str(128 << 20), "MALLOC_TRIM_THRESHOLD_": str(4 << 30)},
     "trim256": {"MALLOC_MMAP_THRESHOLD_": str(4 << 30), "MALLOC_TRIM_THRESHOLD_": str(256 << 20)},
     "system": {OPT_OUT: "1"},  # glibc's own dynamic thresholds (mmap above 128 KiB to 32 MiB)
@@ -64,9 +64,11 @@ def measure(setting: str, command: list[str], run_dir: Path, every: float = 1.0)
     """Run `labelless COMMAND --run-dir RUN_DIR` under `setting`, sampling its resident size."""
     env = {k: v for k, v in os.environ.items() if k not in (*USER_SETTINGS, OPT_OUT)}
     env.update(SETTINGS[setting])
+    stderr_path = run_dir.with_name(run_dir.name + ".stderr")  # a file, not a pipe: a full pipe would stall the run
     started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "labelless", *command, "--run-dir", str(run_dir)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    with stderr_path.open("w") as stderr_file:
+        proc = subprocess.Popen([sys.executable, "-m", "labelless", *command, "--run-dir", str(run_dir)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=stderr_file)
     timeline, peak_kib, seen_env = [], 0, None  # the re-execution keeps the PID: the sampler follows it
     while proc.poll() is None:
         status, environ = _status_kib(proc.pid), _allocator_env(proc.pid)
@@ -75,7 +77,7 @@ def measure(setting: str, command: list[str], run_dir: Path, every: float = 1.0)
             peak_kib = max(peak_kib, status.get("VmHWM", 0))
             timeline.append((round(time.monotonic() - started, 1), status.get("VmRSS", 0) >> 10))
         time.sleep(every)
-    stderr = proc.stderr.read() if proc.stderr else ""
+    stderr = stderr_path.read_text(errors="replace")
     metrics = run_dir / "metrics.jsonl"
     epochs = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
     return {"setting": setting, "env": SETTINGS[setting], "ran_with": seen_env, "exit_code": proc.returncode,

@@ -25,9 +25,9 @@ def test_status_and_environment_of_a_live_and_of_a_gone_process():
 def test_two_settings_of_a_two_stage_two_epoch_run(tmp_path):
     bench = load_benchmark("allocator_memory")
     out = tmp_path / "allocator.json"
-    assert bench.main(["--settings", "default", "system", "--out", str(out), "--", "train", "--config",
-                       str(Path(__file__).resolve().parents[1] / "configs/digits/default.yaml"), "--set", "train.epochs=2", "--device", "cpu",
-                       "--no-report"]) == 0
+    config = Path(__file__).resolve().parents[1] / "configs" / "digits" / "default.yaml"
+    assert bench.main(["--settings", "default", "system", "--out", str(out), "--", "train", "--config", str(config),
+                       "--set", "train.epochs=2", "--device", "cpu", "--no-report"]) == 0
     result = json.loads(out.read_text())
     tuned, system = result["runs"]
     assert (tuned["exit_code"], system["exit_code"]) == (0, 0)
@@ -37,3 +37,15 @@ def test_two_settings_of_a_two_stage_two_epoch_run(tmp_path):
     assert stages == [("cluster", 0), ("cluster", 1), ("selflabel", 0), ("selflabel", 1)]
     assert result["epochs_compared"] == 4 and result["losses_identical"]
     assert tuned["peak_rss_mib"] > 100 and system["peak_rss_mib"] > 100  # torch alone is more than that
+
+
+def test_a_failing_command_is_recorded_with_its_one_line_error(tmp_path):
+    bench = load_benchmark("allocator_memory")
+    out = tmp_path / "allocator.json"
+    assert bench.main(["--settings", "system", "--out", str(out), "--", "train", "--config",
+                       str(tmp_path / "missing.yaml"), "--device", "cpu"]) == 0
+    result = json.loads(out.read_text())
+    run = result["runs"][0]
+    assert run["exit_code"] == 2 and run["epochs"] == []
+    assert run["stderr_tail"][0].startswith("labelless: error") and "missing.yaml" in run["stderr_tail"][0]
+    assert result["epochs_compared"] == 0 and not result["losses_identical"]
