@@ -70,7 +70,10 @@ def _split_empty(centroids: Tensor, counts: Tensor, generator: torch.Generator |
 def _assign(x: Tensor, centroids: Tensor, chunk: int = 8192) -> Tensor:
     """Nearest centroid (squared Euclidean) of every row, in chunks to bound the N×K distance matrix."""
     squared = centroids.pow(2).sum(1)
-    return torch.cat([(squared - 2 * part @ centroids.t()).argmin(1) for part in x.split(chunk)])
+    nearest = torch.empty(len(x), dtype=torch.long, device=x.device)  # filled in place: IN_PLACE, evaluate/knn.py
+    for start in range(0, len(x), chunk):
+        nearest[start:start + chunk] = (squared - 2 * x[start:start + chunk] @ centroids.t()).argmin(1)
+    return nearest
 
 
 def torch_kmeans(x: Tensor, k: int, iterations: int = 20, generator: torch.Generator | None = None) -> Tensor:

@@ -132,3 +132,11 @@ def test_pca_whiten_l2_caps_the_dimension_at_the_data_size():
     out = pca_whiten_l2(torch.randn(30, 20, generator=torch.Generator().manual_seed(1)), dims=256)
     assert out.shape == (30, 20) and bool(torch.isfinite(out).all())
     assert torch.allclose(out.norm(dim=1), torch.ones(30), atol=1e-5)
+
+
+def test_assign_in_chunks_matches_the_whole_distance_matrix():
+    generator = torch.Generator().manual_seed(5)
+    x, centroids = torch.randn(10, 4, generator=generator), torch.randn(3, 4, generator=generator)
+    expected = torch.cdist(x, centroids).argmin(1)
+    assert torch.equal(_assign(x, centroids, chunk=3), expected)  # 3 + 3 + 3 + 1 rows
+    assert torch.equal(_assign(x, centroids), expected)  # one chunk
