@@ -30,6 +30,8 @@ from pathlib import Path
 from labelless.allocator import OPT_OUT, USER_SETTINGS
 from labelless.provenance import device_name, stamp
 
+ALLOCATOR_VARIABLES = (*USER_SETTINGS, OPT_OUT)  # what a setting may set; cleared from the inherited environment
+
 SETTINGS = {
     "default": {},  # whatever labelless/allocator.py sets by itself
     "mmap4g": {"MALLOC_MMAP_THRESHOLD_": str(4 << 30), "MALLOC_TRIM_THRESHOLD_": str(4 << 30)},  # = default, set here
@@ -55,14 +57,13 @@ def _allocator_env(pid: int) -> dict[str, str] | None:
         entries = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     except OSError:
         return None
-    names = (*USER_SETTINGS, OPT_OUT)
     pairs = (entry.decode(errors="replace").split("=", 1) for entry in entries if b"=" in entry)
-    return {name: value for name, value in pairs if name in names}
+    return {name: value for name, value in pairs if name in ALLOCATOR_VARIABLES}
 
 
 def measure(setting: str, command: list[str], run_dir: Path, every: float = 1.0) -> dict:
     """Run `labelless COMMAND --run-dir RUN_DIR` under `setting`, sampling its resident size."""
-    env = {k: v for k, v in os.environ.items() if k not in (*USER_SETTINGS, OPT_OUT)}
+    env = {k: v for k, v in os.environ.items() if k not in ALLOCATOR_VARIABLES}
     env.update(SETTINGS[setting])
     stderr_path = run_dir.with_name(run_dir.name + ".stderr")  # a file, not a pipe: a full pipe would stall the run
     started = time.monotonic()

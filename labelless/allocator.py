@@ -15,12 +15,9 @@ inherit them). It does nothing off glibc/Linux, when either variable or GLIBC_TU
 (the user's choice wins), or with LABELLESS_SYSTEM_MALLOC=1. The cost: freed memory is kept for reuse,
 so the process's resident size stays at its peak instead of shrinking between steps.
 
-Blocks of hundreds of MiB now live in the heap too, and a heap fragments: a loop over chunks of an N×N
-pass that kept each chunk's small result alive while its big blocks came and went grew the heap by a
-chunk's worth every chunk — Super-AND's bank entropy at N = 60,000 (60 chunks of 1024×N) reached
-15,189 MiB resident, 2,298 MiB once the chunks write into one output allocated up front (IN_PLACE in
-labelless/evaluate/knn.py; measured alone, commit 7972ca0; benchmarks/allocator_memory.py measures a
-whole run).
+Blocks of hundreds of MiB now live in the heap too, and a heap fragments: chunked N×N passes therefore
+fill one output allocated up front (labelless/chunks.py says why; benchmarks/allocator_memory.py
+measures a whole run).
 """
 from __future__ import annotations
 

@@ -10,11 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from labelless.chunks import fill_by_chunks
+
 DEFAULT_CHUNK = 1024  # 1024 queries × 50,000 bank rows × 4 B = 200 MB of similarities
-# IN_PLACE: every chunked pass writes its chunks' results into one output allocated before the loop, never
-# into a list joined at the end. Each small result kept alive while a chunk's ~200 MB blocks come and go
-# pins a hole in the heap, so the next chunk's blocks cannot reuse the space; under labelless's raised
-# mmap threshold (labelless/allocator.py) the heap then grew by a chunk's worth every chunk.
 
 
 def _as_tensor(values: Tensor | np.ndarray) -> Tensor:
@@ -46,15 +44,16 @@ def weighted_knn_predict(train_features: Tensor | np.ndarray, train_labels: Tens
         raise ValueError(f"{len(labels)} train labels for {len(bank)} train features")
     num_classes = num_classes if num_classes is not None else int(labels.max()) + 1
     k = min(k, len(bank))
-    predictions = torch.empty(len(queries), dtype=torch.long, device=bank.device)  # filled in place (IN_PLACE)
-    for start in range(0, len(queries), chunk_size):
-        similarity = queries[start:start + chunk_size] @ bank.T  # chunk×N
+
+    def predict(start: int, stop: int) -> Tensor:
+        similarity = queries[start:stop] @ bank.T  # chunk×N
         top_similarity, top_index = similarity.topk(k, dim=1)  # chunk×k
         weights = (top_similarity / temperature).exp()
         scores = torch.zeros(len(top_index), num_classes, device=bank.device)
         scores.scatter_add_(1, labels[top_index], weights)  # chunk×C
-        predictions[start:start + chunk_size] = scores.argmax(dim=1)
-    return predictions
+        return scores.argmax(dim=1)
+
+    return fill_by_chunks(torch.empty(len(queries), dtype=torch.long, device=bank.device), chunk_size, predict)
 
 
 def knn_accuracy(train_features: Tensor | np.ndarray, train_labels: Tensor | np.ndarray,
@@ -81,14 +80,15 @@ def knn_indices(features: Tensor | np.ndarray, k: int, chunk_size: int = DEFAULT
     limit = len(bank) - 1 if exclude_self else len(bank)
     if not 0 < k <= limit:
         raise ValueError(f"k={k} neighbours asked of {len(bank)} samples (at most {limit})")
-    neighbours = torch.empty(len(bank), k, dtype=torch.long, device=bank.device)  # filled in place (IN_PLACE)
-    for start in range(0, len(bank), chunk_size):
-        similarity = bank[start:start + chunk_size] @ bank.T  # chunk×N
+
+    def nearest(start: int, stop: int) -> Tensor:
+        similarity = bank[start:stop] @ bank.T  # chunk×N
         if exclude_self:
             rows = torch.arange(len(similarity), device=bank.device)
             similarity[rows, rows + start] = -torch.inf
-        neighbours[start:start + chunk_size] = similarity.topk(k, dim=1).indices
-    return neighbours
+        return similarity.topk(k, dim=1).indices
+
+    return fill_by_chunks(torch.empty(len(bank), k, dtype=torch.long, device=bank.device), chunk_size, nearest)
 
 
 def principal_components(features: Tensor, dims: int) -> Tensor:
@@ -122,14 +122,14 @@ def kth_neighbour_distance(features: Tensor | np.ndarray, k: int = 10, *, candid
     candidates = min(max(candidates, k), len(points) - 1)
     search = principal_components(points, pca)  # distances ignore the centring
     squared = search.pow(2).sum(1)
-    distances = torch.empty(len(points), device=points.device)  # filled in place (IN_PLACE)
-    for start in range(0, len(points), chunk_size):
-        block = search[start:start + chunk_size]
+
+    def kth(start: int, stop: int) -> Tensor:
         # ‖a − b‖² = ‖a‖² − 2a·b + ‖b‖², one matrix product per chunk
-        gap = squared[start:start + len(block), None] - 2 * block @ search.T + squared[None]
-        rows = torch.arange(len(block), device=points.device)
+        gap = squared[start:stop, None] - 2 * search[start:stop] @ search.T + squared[None]
+        rows = torch.arange(stop - start, device=points.device)
         gap[rows, rows + start] = torch.inf  # never one's own neighbour
         nearest = gap.topk(candidates, dim=1, largest=False).indices  # chunk×candidates
-        exact = (points[nearest] - points[start:start + len(block), None]).norm(dim=2)
-        distances[start:start + len(block)] = exact.sort(dim=1).values[:, k - 1]
-    return distances
+        exact = (points[nearest] - points[start:stop, None]).norm(dim=2)
+        return exact.sort(dim=1).values[:, k - 1]
+
+    return fill_by_chunks(torch.empty(len(points), device=points.device), chunk_size, kth)

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from labelless.chunks import fill_by_chunks
 from labelless.losses.pseudo_label import inverse_frequency_weights
 from labelless.methods.base import Batch, EpochContext, Method, predict_in_batches
 from labelless.methods.pseudo_label import input_views
@@ -70,10 +71,8 @@ def _split_empty(centroids: Tensor, counts: Tensor, generator: torch.Generator |
 def _assign(x: Tensor, centroids: Tensor, chunk: int = 8192) -> Tensor:
     """Nearest centroid (squared Euclidean) of every row, in chunks to bound the N×K distance matrix."""
     squared = centroids.pow(2).sum(1)
-    nearest = torch.empty(len(x), dtype=torch.long, device=x.device)  # filled in place: IN_PLACE, evaluate/knn.py
-    for start in range(0, len(x), chunk):
-        nearest[start:start + chunk] = (squared - 2 * x[start:start + chunk] @ centroids.t()).argmin(1)
-    return nearest
+    return fill_by_chunks(torch.empty(len(x), dtype=torch.long, device=x.device), chunk,
+                          lambda start, stop: (squared - 2 * x[start:stop] @ centroids.t()).argmin(1))
 
 
 def torch_kmeans(x: Tensor, k: int, iterations: int = 20, generator: torch.Generator | None = None) -> Tensor:

@@ -14,6 +14,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from labelless.chunks import fill_by_chunks
 from labelless.losses.clustering import entropy
 
 DEFAULT_CHUNK = 1024  # bank rows per block of the N×N memory-against-memory pass
@@ -79,8 +80,5 @@ def bank_entropy(memory: Tensor, temperature: float, chunk_size: int = DEFAULT_C
     (Super-AND Eq. 9, as its code computes it): N entropies, chunked over rows so that memory is
     O(chunk·N). Low entropy marks an isolated sample with few close neighbours."""
     bank = memory.float()
-    entropies = torch.empty(len(bank), device=bank.device)  # filled in place: see IN_PLACE in evaluate/knn.py
-    for start in range(0, len(bank), chunk_size):
-        entropies[start:start + chunk_size] = entropy((bank[start:start + chunk_size] @ bank.t() / temperature)
-                                                      .softmax(1))
-    return entropies
+    return fill_by_chunks(torch.empty(len(bank), device=bank.device), chunk_size,
+                          lambda start, stop: entropy((bank[start:stop] @ bank.t() / temperature).softmax(1)))
