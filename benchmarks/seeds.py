@@ -68,8 +68,20 @@ SAME_RUN = ("method", "dataset", "split", "train_split", "epochs", "variant", "h
             "labels_used_in_training", "labelled_fraction", "device")
 
 
+# where a seed's run lives and how its calls are chained, not what it trains: ignored when comparing commands
+# (older files put `--run-dir DIR/seedS --resume` before `--seed S`, newer ones after it)
+_BOOKKEEPING = {"--seed": 1, "--json": 0, "--run-dir": 1, "--resume": 0, "--time-limit": 1}
+
+
 def _labelless_command(command: str) -> str:
-    return command.split(" --seed S")[0]
+    words, kept = command.split(" (chained:")[0].split(), []
+    while words:
+        word = words.pop(0)
+        if word in _BOOKKEEPING:
+            del words[:_BOOKKEEPING[word]]
+        else:
+            kept.append(word)
+    return " ".join(kept)
 
 
 def seeds_already_in(earlier: dict, seeds: list[int], where: str) -> str | None:

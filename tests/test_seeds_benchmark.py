@@ -99,9 +99,14 @@ def test_add_to_merges_per_seed_results_and_refuses_other_runs():
     assert [r["commit"][:3] for r in merged["per_seed"]] == ["abc", "def", "def"]
     assert merged["wall_seconds"] == 20.0 and merged["commit"] == new["commit"]
     assert merged["note"].startswith("first seed. Seeds [2, 1] added at defdefd")
+    chained = {**new, "command": "labelless train --config c.yaml --seed S --json --run-dir /b/seedS --resume "
+                                 "--time-limit M (chained: python benchmarks/seeds.py --time-limit 160)"}
+    older_chain = {**earlier, "command": "labelless train --config c.yaml --run-dir /a/seedS --resume --seed S --json"}
+    assert add_to(older_chain, chained)["seeds"] == [0, 1, 2]  # the chain's bookkeeping is not the command
     for change, message in [({"dataset": "e"}, "dataset is 'd' there, 'e' here"),
                             ({"epochs": 4}, "epochs is 3 there, 4 here"),
                             ({"command": "labelless train --config other.yaml --seed S --json"}, "not the same command"),
+                            ({"command": "labelless train --config c.yaml --set x=1 --seed S --json"}, "not the same command"),
                             ({"seeds": [0], "per_seed": [{"seed": 0, "ACC": 0.1, "wall_seconds": 1.0}]},
                              "seed(s) [0] already in the file")]:
         try:
