@@ -27,16 +27,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from labelless.allocator import OPT_OUT, USER_SETTINGS
+from labelless.allocator import OPT_OUT, TUNED, USER_SETTINGS
 from labelless.provenance import device_name, stamp
 
 ALLOCATOR_VARIABLES = (*USER_SETTINGS, OPT_OUT)  # what a setting may set; cleared from the inherited environment
 
 SETTINGS = {
     "default": {},  # whatever labelless/allocator.py sets by itself
-    "mmap4g": {"MALLOC_MMAP_THRESHOLD_": str(4 << 30), "MALLOC_TRIM_THRESHOLD_": str(4 << 30)},  # = default, set here
-    "mmap128": {"MALLOC_MMAP_THRESHOLD_": str(128 << 20), "MALLOC_TRIM_THRESHOLD_": str(4 << 30)},
-    "trim256": {"MALLOC_MMAP_THRESHOLD_": str(4 << 30), "MALLOC_TRIM_THRESHOLD_": str(256 << 20)},
+    "mmap4g": dict(TUNED),  # the default's values (4 GiB both), set here rather than by labelless
+    "mmap128": {**TUNED, "MALLOC_MMAP_THRESHOLD_": str(128 << 20)},
+    "trim256": {**TUNED, "MALLOC_TRIM_THRESHOLD_": str(256 << 20)},
     "system": {OPT_OUT: "1"},  # glibc's own dynamic thresholds (mmap above 128 KiB to 32 MiB)
 }
 
