@@ -32,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from labelless.cli import positive_float
+from labelless.cli import positive_float, without_options
 from labelless.errors import EXIT_TIME_LIMIT
 from labelless.provenance import stamp
 
@@ -74,14 +74,7 @@ _BOOKKEEPING = {"--seed": 1, "--json": 0, "--run-dir": 1, "--resume": 0, "--time
 
 
 def _labelless_command(command: str) -> str:
-    words, kept = command.split(" (chained:")[0].split(), []
-    while words:
-        word = words.pop(0)
-        if word in _BOOKKEEPING:
-            del words[:_BOOKKEEPING[word]]
-        else:
-            kept.append(word)
-    return " ".join(kept)
+    return " ".join(without_options(command.split(" (chained:")[0].split(), _BOOKKEEPING))
 
 
 def seeds_already_in(earlier: dict, seeds: list[int], where: str) -> str | None:

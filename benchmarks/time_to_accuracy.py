@@ -60,7 +60,7 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from labelless.cli import positive_float  # noqa: E402  (light: `import labelless` loads no torch)
+from labelless.cli import positive_float, without_options  # noqa: E402  (light: `import labelless` loads no torch)
 from labelless.errors import EXIT_TIME_LIMIT, UserError  # noqa: E402
 from labelless.ranks import distributed_info  # noqa: E402
 
@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
     runs = []
     passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
-    passthrough = _without(_without(passthrough, "--seeds", len(args.seeds)), "--time-limit", 1)
+    passthrough = without_options(passthrough, {"--seeds": len(args.seeds), "--time-limit": 1})
     started_a_seed = False
     for seed in args.seeds:
         # chain mode keeps each finished seed's result in its run directory; the next call skips it
@@ -366,14 +366,6 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         if any(out["curves"].values()):
             plot_curves(out, png)
     return 0
-
-
-def _without(argv: list[str], option: str, values: int) -> list[str]:
-    """argv without `option` and the `values` words after it (the parent hands seeds out one by one)."""
-    if option not in argv:
-        return argv
-    i = argv.index(option)
-    return argv[:i] + argv[i + 1 + values:]
 
 
 def plot_curves(result: dict, path: str) -> None:

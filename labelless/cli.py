@@ -48,6 +48,20 @@ def _print(result: dict, as_json: bool) -> None:
         print(f"{key:<{width}}  {shown}")
 
 
+def without_options(argv: list[str], options: dict[str, int]) -> list[str]:
+    """`argv` without every occurrence of each option in `options` and the number of words it takes
+    after it (e.g. `{"--seeds": 3, "--json": 0}`): what the benchmark scripts strip from a command they
+    hand on or compare."""
+    words, kept = list(argv), []
+    while words:
+        word = words.pop(0)
+        if word in options:
+            del words[:options[word]]
+        else:
+            kept.append(word)
+    return kept
+
+
 def positive_float(text: str) -> float:
     try:
         value = float(text)

@@ -67,8 +67,8 @@ def test_tuning_trains_on_fit_and_scores_holdout_instead_of_test(tta):
 
 def test_the_parent_hands_each_seed_to_its_own_process(tta):
     argv = ["--config", "c.yaml", "--seeds", "0", "1", "2", "--budget-min", "1"]
-    assert tta._without(argv, "--seeds", 3) == ["--config", "c.yaml", "--budget-min", "1"]
-    assert tta._without(["--config", "c.yaml"], "--seeds", 3) == ["--config", "c.yaml"]
+    assert tta.without_options(argv, {"--seeds": 3}) == ["--config", "c.yaml", "--budget-min", "1"]
+    assert tta.without_options(["--config", "c.yaml"], {"--seeds": 3}) == ["--config", "c.yaml"]
 
 
 def test_a_call_of_a_chain_starts_another_seed_only_with_its_whole_budget_left(tta):
