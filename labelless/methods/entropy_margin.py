@@ -145,7 +145,7 @@ class EntropyMargin(Method):
         return loss, logs
 
     def parameter_groups(self) -> list[dict]:
-        # no weight decay on v: γ‖v‖² is in the loss
+        # no weight decay on v: γ‖v‖² is in the loss; the head's bias (absent from the paper's vᵀf) gets none
         return [{"params": list(self.backbone.parameters()), "lr_scale": self.backbone_lr_scale},
                 {"params": list(self.head.parameters()), "weight_decay": 0.0}]
 
