@@ -248,7 +248,9 @@ def train(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool 
     if main:
         save_config(config, run_dir / "config.yaml")
     if store.skipped and main:
-        (run_dir / "skipped_files.txt").write_text("".join(f"{path}\t{reason}\n" for path, reason in store.skipped))
+        listed = run_dir / "skipped_files.txt"
+        listed.write_text("".join(f"{path}\t{reason}\n" for path, reason in store.skipped))
+        print(f"labelless: the {len(store.skipped)} skipped file(s), each with its reason: {listed}", file=sys.stderr)
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     labels = _weak_labels(config, store, k)

@@ -151,6 +151,29 @@ def test_skipped_files_are_one_warning_line_on_the_command_line(capsys, tmp_path
     assert "warnings.warn" not in err and "return read_folder" not in err  # no echoed source line
 
 
+def test_run_on_a_folder_lists_its_skipped_files_in_the_run_directory(capsys, tmp_path):
+    """The reader's warning names the first few skipped files; `run` keeps all of them, with their
+    reasons, in RUN_DIR/skipped_files.txt and says where on stderr."""
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(48):
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(images / f"{i:02d}.png")
+    (images / "notes.txt").write_text("not an image")
+    (images / "empty.png").write_bytes(b"")
+    run_dir = tmp_path / "run"
+    code, out, err = run_cli(capsys, "run", "--dataset", f"folder:{images}", "--device", "cpu", "--k", "2",
+                             "--run-dir", str(run_dir), "--set", "stages.0.train.epochs=1", "--set", "stages.0.train.batch_size=16",
+                             "--no-report", "--json")
+    assert code == 0 and json.loads(out)["n"] == 48
+    listed = run_dir / "skipped_files.txt"
+    assert listed.read_text() == (f"{images / 'empty.png'}\tempty file\n"
+                                  f"{images / 'notes.txt'}\tnot an image Pillow can read\n")
+    assert f"labelless: the 2 skipped file(s), each with its reason: {listed}" in err.splitlines()
+
+
 def test_labels_from_a_flat_folder_say_why_there_are_none(capsys, tmp_path):
     images = _class_folders(tmp_path / "images")
     flat = tmp_path / "flat"
