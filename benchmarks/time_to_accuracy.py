@@ -205,7 +205,7 @@ def run_one_seed(args: argparse.Namespace) -> dict:
     return {"seed": seed, **{k: metrics[k] for k in METRICS if k in metrics}, "wall_seconds": round(wall, 1),
             "curve_seconds": round(side["seconds"], 1), "neighbour_agreement": agreement,
             "stage_seconds": {k: round(v, 1) for k, v in stage_seconds.items()},
-            "epochs": {s.name: s.train.epochs for s in config.stages}, "train_images": len(store),
+            "epochs": {s.name: s.train.epochs for s in run.config.stages}, "train_images": len(store),
             "device": device_name(str(run.device)), "curve": curve, "method": "pipeline:" + "+".join(
                 s.method["name"] for s in config.stages), "dataset": name, "chained_calls": len(calls),
             "head_selection": run.head_selection}

@@ -45,6 +45,7 @@ class TrainConfig:
     """How one stage is optimised. Epochs are 0-based everywhere (schedule, logs, `on_epoch_start`)."""
 
     epochs: int = 100
+    min_steps: int | None = None  # raise epochs on a small dataset to reach this many optimiser steps
     batch_size: int = 256  # global batch: under DDP each of W ranks takes batch_size / W
     optimizer: str = "sgd"  # sgd | adam | adamw | lars
     lr: float = 0.05  # peak learning rate (after warm-up); a group's `lr_scale` multiplies it
@@ -390,6 +391,9 @@ def _choice(value: str, choices: Sequence[str], key: str) -> None:
 def _validate_train(t: TrainConfig, p: str) -> None:
     _check(t.epochs >= 1, p + "epochs", "≥ 1", t.epochs)
     _check(t.batch_size >= 1, p + "batch_size", "≥ 1", t.batch_size)
+    _check(t.min_steps is None or t.min_steps >= 1, p + "min_steps", "≥ 1 or null", t.min_steps)
+    _check(t.min_steps is None or t.schedule in ("constant", "cosine"), p + "min_steps",
+           "null with schedule step or multistep (their drops are set in epochs)", t.min_steps)
     _choice(t.optimizer, OPTIMIZERS, p + "optimizer")
     _check(t.lr > 0, p + "lr", "> 0", t.lr)
     _check(t.weight_decay >= 0, p + "weight_decay", "≥ 0", t.weight_decay)

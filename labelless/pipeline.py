@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from labelless.methods.base import Method
 from labelless.methods.scan import pixel_features
 from labelless.registry import METHODS, NEEDS_PREVIOUS_STAGE
 from labelless.train import (Deadline, Trainer, distributed_info, export_weights, labels_refused, rank_0_value,
-                             resolve_device, takes_labels)
+                             resolve_device, steps_per_epoch, takes_labels)
 
 PROJECT_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 CONFIDENT_THRESHOLD = 0.9  # LSD-C reports the share of samples above 0.9 and their ACC
@@ -224,6 +225,24 @@ def _weak_labels(config: RunConfig, store: ImageStore, k: int | None) -> Tensor 
     return partial_labels(store.labels, config.labelled_fraction, config.seed)
 
 
+def with_min_steps(config: RunConfig, n: int, say: bool = True) -> RunConfig:
+    """`config` with each stage's epochs raised, where it sets `train.min_steps`, to reach that many
+    optimiser steps on `n` images: a small folder gets about the training its recipe had on the datasets
+    it was measured on. config.yaml, the run's JSON and every resumed call see the raised count."""
+    stages = []
+    for stage in config.stages:
+        t = stage.train
+        per_epoch = steps_per_epoch(n, t.batch_size, distributed_info().world_size, t.drop_last)
+        if t.min_steps is not None and 0 < per_epoch and per_epoch * t.epochs < t.min_steps:
+            epochs = math.ceil(t.min_steps / per_epoch)
+            if say:
+                print(f"labelless: stage '{stage.name}': {n} images make {per_epoch} step(s) an epoch, so "
+                      f"{epochs} epochs instead of {t.epochs} (train.min_steps {t.min_steps})", file=sys.stderr)
+            stage = dataclasses.replace(stage, train=dataclasses.replace(t, epochs=epochs))
+        stages.append(stage)
+    return dataclasses.replace(config, stages=stages)
+
+
 def train(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool = False, progress: bool = True,
           store: ImageStore | None = None, k_range: range | None = None,
           on_epoch_end: Callable[[str, int, Method], None] | None = None,
@@ -245,6 +264,7 @@ def train(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool 
     k = resolve_k(config, store) if k_range is None else None
     run_dir.mkdir(parents=True, exist_ok=True)
     main = distributed_info().is_main  # under torchrun, rank 0 alone writes the run's files
+    config = with_min_steps(config, len(store), say=main)
     if main:
         save_config(config, run_dir / "config.yaml")
     if store.skipped and main:

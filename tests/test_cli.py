@@ -151,21 +151,44 @@ def test_skipped_files_are_one_warning_line_on_the_command_line(capsys, tmp_path
     assert "warnings.warn" not in err and "return read_folder" not in err  # no echoed source line
 
 
+def _random_images(root: Path, n: int) -> Path:
+    from PIL import Image
+
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(root / f"{i:02d}.png")
+    return root
+
+
+def test_a_small_folder_trains_min_steps_and_the_run_records_the_raised_epochs(capsys, tmp_path):
+    """configs/cpu.yaml counts epochs and at least `min_steps` steps: 48 images in batches of 16 make 3
+    steps an epoch, so min_steps 7 raises 1 epoch to 3 — in the JSON, config.yaml and the log."""
+    images = _random_images(tmp_path / "images", 48)
+    run_dir = tmp_path / "run"
+    code, out, err = run_cli(capsys, "run", "--dataset", f"folder:{images}", "--device", "cpu", "--k", "2",
+                             "--run-dir", str(run_dir), "--set", "stages.0.train.epochs=1",
+                             "--set", "stages.0.train.min_steps=7", "--set", "stages.0.train.batch_size=16",
+                             "--no-report", "--json")
+    assert code == 0 and json.loads(out)["epochs"] == 3
+    assert "labelless: stage 'cluster': 48 images make 3 step(s) an epoch, so 3 epochs instead of 1 " \
+           "(train.min_steps 7)" in err.splitlines()
+    from labelless.config import load_config
+    assert load_config(run_dir / "config.yaml").stages[0].train.epochs == 3
+    logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert max(line["epoch"] for line in logged if "epoch" in line) == 2  # 0-based: three epochs trained
+
+
 def test_run_on_a_folder_lists_its_skipped_files_in_the_run_directory(capsys, tmp_path):
     """The reader's warning names the first few skipped files; `run` keeps all of them, with their
     reasons, in RUN_DIR/skipped_files.txt and says where on stderr."""
-    from PIL import Image
-
-    images = tmp_path / "images"
-    images.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(48):
-        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(images / f"{i:02d}.png")
+    images = _random_images(tmp_path / "images", 48)
     (images / "notes.txt").write_text("not an image")
     (images / "empty.png").write_bytes(b"")
     run_dir = tmp_path / "run"
     code, out, err = run_cli(capsys, "run", "--dataset", f"folder:{images}", "--device", "cpu", "--k", "2",
-                             "--run-dir", str(run_dir), "--set", "stages.0.train.epochs=1", "--set", "stages.0.train.batch_size=16",
+                             "--run-dir", str(run_dir), "--set", "stages.0.train.epochs=1",
+                             "--set", "stages.0.train.min_steps=null", "--set", "stages.0.train.batch_size=16",
                              "--no-report", "--json")
     assert code == 0 and json.loads(out)["n"] == 48
     listed = run_dir / "skipped_files.txt"

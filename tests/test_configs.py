@@ -15,7 +15,7 @@ import torch
 
 from labelless.config import RunConfig, StageConfig, load_config
 from labelless.data.stores import ImageStore
-from labelless.pipeline import PROJECT_CONFIGS, build_method, evaluate, train
+from labelless.pipeline import PROJECT_CONFIGS, build_method, evaluate, train, with_min_steps
 
 # dataset → (side, channels, classes) of its images
 SHAPES = {"cifar10": (32, 3, 10), "cifar100": (32, 3, 100), "cifar20": (32, 3, 20), "svhn": (32, 3, 10),
@@ -53,7 +53,8 @@ def _smoke(config: RunConfig) -> RunConfig:
         wanted = SMOKE_IMAGES if stage.method.get("knn_k", 0) >= SMOKE_BATCH else SMOKE_BATCH
         return min(stage.train.batch_size, wanted)
 
-    stages = [dataclasses.replace(s, train=dataclasses.replace(s.train, epochs=1, milestones=[], batch_size=batch(s)))
+    stages = [dataclasses.replace(s, train=dataclasses.replace(s.train, epochs=1, min_steps=None, milestones=[],
+                                                              batch_size=batch(s)))
               for s in config.stages]
     k = config.k or SHAPES[config.dataset.name][2]
     return dataclasses.replace(config, stages=stages, device="cpu", k=k if k < SMOKE_IMAGES // 2 else 10)
@@ -95,3 +96,12 @@ def test_config_trains_every_stage_and_evaluates(path: Path, tmp_path):
         assert losses and all(math.isfinite(loss) for loss in losses), stage.name
         assert (tmp_path / "run" / "checkpoints" / f"{stage.name}.pt").is_file(), stage.name
     assert metrics["n"] == len(store) and 0.0 < metrics["ACC"] <= 1.0 and math.isfinite(metrics["NMI"])
+
+
+def test_the_cpu_recipe_raises_epochs_on_small_data_only():
+    """configs/cpu.yaml's min_steps leaves the datasets its README rows were measured on at 30 epochs
+    (CIFAR-10's 50k and MNIST's 60k train images, batch 512) and gives a 3,000-image folder 580."""
+    config = load_config(PROJECT_CONFIGS / "cpu.yaml")
+    for images, epochs in ((50_000, 30), (60_000, 30), (45_000, 34), (3_000, 580)):
+        assert with_min_steps(config, images, say=False).stages[0].train.epochs == epochs, images
+    assert config.stages[0].train.epochs == 30  # the loaded config itself is left as it was
