@@ -179,6 +179,18 @@ def test_a_small_folder_trains_min_steps_and_the_run_records_the_raised_epochs(c
     assert max(line["epoch"] for line in logged if "epoch" in line) == 2  # 0-based: three epochs trained
 
 
+def test_a_folder_smaller_than_one_batch_is_told_an_override_that_works(capsys, tmp_path):
+    images = _random_images(tmp_path / "images", 48)
+    argv = ["run", "--dataset", f"folder:{images}", "--device", "cpu", "--k", "2", "--no-report", "--json",
+            "--set", "stages.0.train.epochs=1", "--set", "stages.0.train.min_steps=null"]
+    code, _, err = run_cli(capsys, *argv, "--run-dir", str(tmp_path / "refused"))
+    assert code == 2
+    assert err.strip().endswith("the dataset has 48 images, less than one batch of 512: "
+                                "lower it, e.g. --set train.batch_size=32")
+    code, out, _ = run_cli(capsys, *argv, "--run-dir", str(tmp_path / "run"), "--set", "train.batch_size=32")
+    assert code == 0 and json.loads(out)["n"] == 48
+
+
 def test_run_on_a_folder_lists_its_skipped_files_in_the_run_directory(capsys, tmp_path):
     """The reader's warning names the first few skipped files; `run` keeps all of them, with their
     reasons, in RUN_DIR/skipped_files.txt and says where on stderr."""
