@@ -107,6 +107,17 @@ def scaled_epochs(epochs: int, budget_min: float, reference_min: float, fixed_mi
     return max(1, round(epochs * (budget_min - fixed_min) / (reference_min - fixed_min)))
 
 
+def scaled_to_budget(config, args: argparse.Namespace):
+    """`config` with every stage's epochs, and its step floor `min_steps` where it has one (training time
+    too), scaled from `--reference-min` to `--budget-min` (`scaled_epochs`)."""
+    for stage in config.stages:
+        stage.train.epochs = scaled_epochs(stage.train.epochs, args.budget_min, args.reference_min, args.fixed_min)
+        if stage.train.min_steps is not None:
+            stage.train.min_steps = scaled_epochs(stage.train.min_steps, args.budget_min, args.reference_min,
+                                                  args.fixed_min)
+    return config
+
+
 def splits(args: argparse.Namespace) -> tuple[str, str]:
     """(what training sees, what is scored): train → test, or fit → holdout under `--tune`."""
     return ("fit", "holdout") if args.tune else ("train", "test")
@@ -133,9 +144,7 @@ def run_one_seed(args: argparse.Namespace) -> dict:
     from labelless.train import Deadline
 
     seed = args.single_seed
-    config = load_config(args.config, [f"seed={seed}", f"device={args.device}", *args.set])
-    for stage in config.stages:
-        stage.train.epochs = scaled_epochs(stage.train.epochs, args.budget_min, args.reference_min, args.fixed_min)
+    config = scaled_to_budget(load_config(args.config, [f"seed={seed}", f"device={args.device}", *args.set]), args)
     run_dir = Path(args.run_dir or tempfile.mkdtemp(prefix="labelless-tta-")) / f"seed{seed}"
     chain_path = run_dir / "tta_chain.json"  # chain mode: what the earlier calls of this seed measured
     chain = (json.loads(chain_path.read_text()) if args.time_limit and chain_path.is_file()

@@ -45,7 +45,7 @@ class TrainConfig:
     """How one stage is optimised. Epochs are 0-based everywhere (schedule, logs, `on_epoch_start`)."""
 
     epochs: int = 100
-    min_steps: int | None = None  # raise epochs on a small dataset to reach this many optimiser steps
+    min_steps: int | None = None  # raise epochs on a small dataset to this many steps (pipeline.with_min_steps)
     batch_size: int = 256  # global batch: under DDP each of W ranks takes batch_size / W
     optimizer: str = "sgd"  # sgd | adam | adamw | lars
     lr: float = 0.05  # peak learning rate (after warm-up); a group's `lr_scale` multiplies it

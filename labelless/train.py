@@ -489,7 +489,7 @@ class Trainer:
         self.steps_per_epoch = steps_per_epoch(len(self.store), self.train.batch_size, self.dist.world_size,
                                                self.train.drop_last)
         if self.steps_per_epoch == 0:
-            fits = 1 << (len(self.store).bit_length() - 1)  # the largest power of two up to the image count
+            fits = 1 << max(0, len(self.store).bit_length() - 1)  # the largest power of two up to the image count
             raise UserError(f"the dataset has {len(self.store)} images, less than one batch of "
                             f"{self.train.batch_size}: lower it, e.g. --set train.batch_size={fits}")
         self.checkpoint_path = self.run_dir / "checkpoints" / f"{stage.name}.pt"

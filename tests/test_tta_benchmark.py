@@ -32,6 +32,15 @@ def test_epochs_scale_with_the_budget_and_never_reach_zero(tta):
     assert tta.scaled_epochs(160, 10, 10, fixed_min=2) == 160
 
 
+def test_a_step_floor_scales_with_the_budget_like_the_epochs(tta):
+    """configs/cpu.yaml's min_steps is training time too: in a tenth of the budget, a tenth of both."""
+    from labelless.config import load_config
+
+    args = tta.parse_args(["--config", "configs/cpu.yaml", "--budget-min", "1"], "time_to_accuracy.py")
+    stage = tta.scaled_to_budget(load_config(ROOT / "configs" / "cpu.yaml"), args).stages[0]
+    assert (stage.train.epochs, stage.train.min_steps) == (3, 290)
+
+
 def test_fixed_minutes_must_leave_time_for_epochs(tta, capsys):
     assert tta.parse_args(["--config", "c.yaml", "--fixed-min", "2.5"], None).fixed_min == 2.5
     for bad in (["--fixed-min", "10"], ["--fixed-min", "-1"], ["--budget-min", "2", "--fixed-min", "3"]):
