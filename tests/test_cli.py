@@ -161,15 +161,19 @@ def _random_images(root: Path, n: int) -> Path:
     return root
 
 
+def _run_on_folder(capsys, images: Path, run_dir: Path, *sets: str) -> tuple[int, str, str]:
+    """`run` of configs/cpu.yaml on a folder, one epoch, K 2, plus `--set` overrides."""
+    overrides = [arg for value in ("stages.0.train.epochs=1", *sets) for arg in ("--set", value)]
+    return run_cli(capsys, "run", "--dataset", f"folder:{images}", "--device", "cpu", "--k", "2",
+                   "--run-dir", str(run_dir), "--no-report", "--json", *overrides)
+
+
 def test_a_small_folder_trains_min_steps_and_the_run_records_the_raised_epochs(capsys, tmp_path):
     """configs/cpu.yaml counts epochs and at least `min_steps` steps: 48 images in batches of 16 make 3
     steps an epoch, so min_steps 7 raises 1 epoch to 3 — in the JSON, config.yaml and the log."""
     images = _random_images(tmp_path / "images", 48)
     run_dir = tmp_path / "run"
-    code, out, err = run_cli(capsys, "run", "--dataset", f"folder:{images}", "--device", "cpu", "--k", "2",
-                             "--run-dir", str(run_dir), "--set", "stages.0.train.epochs=1",
-                             "--set", "stages.0.train.min_steps=7", "--set", "stages.0.train.batch_size=16",
-                             "--no-report", "--json")
+    code, out, err = _run_on_folder(capsys, images, run_dir, "stages.0.train.min_steps=7", "train.batch_size=16")
     assert code == 0 and json.loads(out)["epochs"] == 3
     assert "labelless: stage 'cluster': 48 images make 3 step(s) an epoch, so 3 epochs instead of 1 " \
            "(train.min_steps 7)" in err.splitlines()
@@ -181,13 +185,12 @@ def test_a_small_folder_trains_min_steps_and_the_run_records_the_raised_epochs(c
 
 def test_a_folder_smaller_than_one_batch_is_told_an_override_that_works(capsys, tmp_path):
     images = _random_images(tmp_path / "images", 48)
-    argv = ["run", "--dataset", f"folder:{images}", "--device", "cpu", "--k", "2", "--no-report", "--json",
-            "--set", "stages.0.train.epochs=1", "--set", "stages.0.train.min_steps=null"]
-    code, _, err = run_cli(capsys, *argv, "--run-dir", str(tmp_path / "refused"))
+    code, _, err = _run_on_folder(capsys, images, tmp_path / "refused", "stages.0.train.min_steps=null")
     assert code == 2
     assert err.strip().endswith("the dataset has 48 images, less than one batch of 512: "
                                 "lower it, e.g. --set train.batch_size=32")
-    code, out, _ = run_cli(capsys, *argv, "--run-dir", str(tmp_path / "run"), "--set", "train.batch_size=32")
+    code, out, _ = _run_on_folder(capsys, images, tmp_path / "run", "stages.0.train.min_steps=null",
+                                  "train.batch_size=32")
     assert code == 0 and json.loads(out)["n"] == 48
 
 
@@ -198,10 +201,7 @@ def test_run_on_a_folder_lists_its_skipped_files_in_the_run_directory(capsys, tm
     (images / "notes.txt").write_text("not an image")
     (images / "empty.png").write_bytes(b"")
     run_dir = tmp_path / "run"
-    code, out, err = run_cli(capsys, "run", "--dataset", f"folder:{images}", "--device", "cpu", "--k", "2",
-                             "--run-dir", str(run_dir), "--set", "stages.0.train.epochs=1",
-                             "--set", "stages.0.train.min_steps=null", "--set", "stages.0.train.batch_size=16",
-                             "--no-report", "--json")
+    code, out, err = _run_on_folder(capsys, images, run_dir, "stages.0.train.min_steps=null", "train.batch_size=16")
     assert code == 0 and json.loads(out)["n"] == 48
     listed = run_dir / "skipped_files.txt"
     assert listed.read_text() == (f"{images / 'empty.png'}\tempty file\n"
