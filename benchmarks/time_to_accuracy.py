@@ -110,11 +110,13 @@ def scaled_epochs(epochs: int, budget_min: float, reference_min: float, fixed_mi
 def scaled_to_budget(config, args: argparse.Namespace):
     """`config` with every stage's epochs, and its step floor `min_steps` where it has one (training time
     too), scaled from `--reference-min` to `--budget-min` (`scaled_epochs`)."""
+    def scaled(value: int) -> int:
+        return scaled_epochs(value, args.budget_min, args.reference_min, args.fixed_min)
+
     for stage in config.stages:
-        stage.train.epochs = scaled_epochs(stage.train.epochs, args.budget_min, args.reference_min, args.fixed_min)
+        stage.train.epochs = scaled(stage.train.epochs)
         if stage.train.min_steps is not None:
-            stage.train.min_steps = scaled_epochs(stage.train.min_steps, args.budget_min, args.reference_min,
-                                                  args.fixed_min)
+            stage.train.min_steps = scaled(stage.train.min_steps)
     return config
 
 
