@@ -9,7 +9,7 @@ wall time holds everything: interpreter start, imports, data load, neighbour min
 training and the final evaluation. The pipeline trains on the train split and is scored on the test
 split; no label reaches training or model selection (heads are chosen by loss). A fast config's
 epochs are tuned for `--reference-min` minutes on its reference device (written in the config);
-`--budget-min B` scales every stage's epochs by B / reference, or by (B − F) / (reference − F) with
+`--budget-min B` scales every stage's epochs (and `min_steps`) by B / reference, or by (B − F) / (reference − F) with
 `--fixed-min F`, the minutes that do not grow with epochs (compilation, start-up). `within_budget`
 says whether the run really ended in time on this machine — nothing is cut short to fit.
 
