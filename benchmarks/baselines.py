@@ -4,7 +4,7 @@ The study (../shared/papers/comparison-study-cifar10.txt) reports CIFAR-10 test 
 features: logistic regression 0.393, SVM 0.474, random forest 0.355. Examples:
 
     python benchmarks/baselines.py pca-logreg                     # full 50,000 train images
-    python benchmarks/baselines.py pca-rf                         # ~6 min on 2 cores
+    python benchmarks/baselines.py pca-rf                         # ~2.5 min on 2 cores
     python benchmarks/baselines.py pca-svm --subsample 20000      # ~9 min; 10000: ~2 min
 
 libsvm is single-threaded and roughly quadratic in the number of images: on all 50,000 it had not
