@@ -45,6 +45,10 @@ def _fetch_hint(name: str, root: Path) -> str:
             f"python -c \"import labelless; labelless.load_dataset('{name}', root='{root}', download=True)\"")
 
 
+# a broken file's advice; the CLI reads files only, so the fetch is the Python call `_fetch_hint` gives
+REFETCH = "delete it and fetch the dataset again with labelless.load_dataset(NAME, root=ROOT, download=True)"
+
+
 def _locate(name: str, root: Path, marker: str, download: Callable[[], object] | None = None) -> Path:
     """The folder (root or root/NAME) holding `marker`; downloads into root first if asked and missing."""
     for base in (root, root / name):
@@ -73,7 +77,7 @@ def _read_split(name: str, split: str, splits: dict[str, tuple[str, ...]],
 
 def _existing(path: Path, name: str) -> Path:
     if not path.exists():
-        raise UserError(f"{name}: {path} is missing (the copy is incomplete); delete it and pass --download")
+        raise UserError(f"{name}: {path} is missing (the copy is incomplete); {REFETCH}")
     return path
 
 
@@ -88,7 +92,7 @@ def _unpickle(path: Path) -> dict:
         with open(path, "rb") as f:
             return pickle.load(f, encoding="latin1")
     except (OSError, EOFError, pickle.UnpicklingError, ValueError) as e:
-        raise UserError(f"{path} is not a readable CIFAR pickle ({e}); delete it and pass --download") from None
+        raise UserError(f"{path} is not a readable CIFAR pickle ({e}); {REFETCH}") from None
 
 
 def _cifar_images(batch: dict) -> np.ndarray:
@@ -156,7 +160,7 @@ def _stl10_images(path: Path) -> np.ndarray:
     """
     plane = 3 * 96 * 96
     if path.stat().st_size % plane:
-        raise UserError(f"{path} is truncated (size not a multiple of {plane}); delete it and pass --download")
+        raise UserError(f"{path} is truncated (size not a multiple of {plane}); {REFETCH}")
     raw = np.memmap(path, dtype=np.uint8, mode="r").reshape(-1, 3, 96, 96)  # N × C × W × H
     images = np.empty((len(raw), 96, 96, 3), dtype=np.uint8)
     for start in range(0, len(raw), 4096):
@@ -211,7 +215,7 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
     with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
         data = bytearray(f.read())  # writable, so the tensor built on it is too
     if len(data) < 4 + 4 * ndim or data[:4] != bytes([0, 0, 8, ndim]):
-        raise UserError(f"{path} is not an IDX file of {ndim}-D unsigned bytes; delete it and pass --download")
+        raise UserError(f"{path} is not an IDX file of {ndim}-D unsigned bytes; {REFETCH}")
     dims = tuple(int(d) for d in np.frombuffer(data, dtype=">i4", count=ndim, offset=4))
     values = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if values.size != np.prod(dims):

@@ -225,8 +225,10 @@ def test_mnist_gzipped_in_root(tmp_path):
 def test_mnist_bad_magic_and_missing(tmp_path):
     write_mnist(tmp_path, compress=False)
     (tmp_path / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x09\x03" + bytes(12))
-    with pytest.raises(UserError, match="not an IDX file"):
+    with pytest.raises(UserError, match="not an IDX file") as error:
         read_mnist(tmp_path, "train", False)
+    # the advice is a call that exists (the CLI has no --download flag)
+    assert "--download" not in str(error.value) and "load_dataset(NAME, root=ROOT, download=True)" in str(error.value)
     with pytest.raises(UserError, match="mnist not found under"):
         read_mnist(tmp_path / "nothing", "test", False)
 
