@@ -87,7 +87,7 @@ def read_folder(path: str | os.PathLike, image_size: int | None = None, labels_f
     `stream`: 'auto' (by size), 'always' or 'never' (default `$LABELLESS_STREAM`, else 'auto');
     `cache_dir`: where a streamed folder's decoded pixels go (see module doc).
     """
-    root = os.fsdecode(path)
+    root = os.path.expanduser(os.fsdecode(path))  # `folder:~/photos`: the shell leaves a ~ after "folder:" alone
     if not os.path.isdir(root):
         raise UserError(f"folder '{_shown(root)}' does not exist or is not a directory")
     if image_size is not None and image_size < 1:

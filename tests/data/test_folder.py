@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from labelless.data.folder import read_folder
+from labelless.data.sources import load_dataset
 from labelless.errors import UserError
 
 RNG = np.random.default_rng(2)
@@ -164,3 +165,11 @@ def test_unusable_folders_are_one_line_user_errors(tmp_path):
     with pytest.warns(UserWarning), pytest.raises(UserError, match="none of the 1 files") as error:
         read_folder(tmp_path)
     assert "\n" not in str(error.value)
+
+
+def test_tilde_means_home(tmp_path, monkeypatch):
+    # README's `labelless run --dataset folder:~/photos`: the shell does not expand a ~ after "folder:"
+    save(tmp_path / "photos" / "a.png", Image.fromarray(noise(8, 8)))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    store = load_dataset("folder:~/photos", progress=False)
+    assert store.paths == [str(tmp_path / "photos" / "a.png")]
