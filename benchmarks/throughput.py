@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torchvision import transforms
 
+from labelless.cli import OneLineParser
 from labelless.provenance import device_name, stamp
 from labelless.data import load_dataset
 from labelless.data.augment import Augment
@@ -192,7 +193,7 @@ def load_images(dataset: str, data_root: str | None) -> ImageStore:
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
+    parser = OneLineParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu or cuda")
     parser.add_argument("--batch", type=int, default=512,

@@ -60,7 +60,7 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from labelless.cli import positive_float, without_options  # noqa: E402  (light: `import labelless` loads no torch)
+from labelless.cli import OneLineParser, positive_float, without_options  # noqa: E402  (light: `import labelless` loads no torch)
 from labelless.errors import EXIT_TIME_LIMIT, UserError  # noqa: E402
 from labelless.ranks import distributed_info  # noqa: E402
 
@@ -68,7 +68,7 @@ METRICS = ("ACC", "NMI", "ARI", "ACC_CONFIDENT", "CONFIDENT_FRACTION")
 
 
 def parse_args(argv: list[str] | None, prog: str | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="the pipeline, e.g. configs/mnist/fast.yaml")
     p.add_argument("--budget-min", type=positive_float, default=10.0, help="wall-clock budget in minutes (default 10)")
     p.add_argument("--reference-min", type=positive_float, default=10.0,

@@ -417,8 +417,17 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------ parser
+class OneLineParser(argparse.ArgumentParser):
+    """A usage mistake ends in one line, like every other error (argparse prints the usage block first);
+    the subcommands' parsers are of this class too (add_subparsers' default), and so are those of the
+    benchmarks `labelless bench` runs."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="labelless", description="Unsupervised image classification: learn K classes with no labels.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -281,7 +281,9 @@ def test_a_diverged_training_is_one_line_and_exit_1(capsys, tmp_path):
 def test_time_limit_must_be_a_positive_number(capsys, value):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--config", "x.yaml", "--time-limit", value])
-    assert exit_info.value.code == 2 and "expected a positive number" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "expected a positive number" in err
+    assert err.count("\n") == 1 and err.endswith("(see labelless train --help)\n")  # one line, no usage block
 
 
 def test_demo_margin_writes_its_png(capsys, tmp_path):
@@ -351,6 +353,11 @@ def test_bench_tta_reaches_the_time_to_accuracy_script(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["bench", "tta", "--help"])
     assert exit_info.value.code == 0 and "--budget-min" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:  # its mistakes are one line too, like the CLI's own
+        main(["bench", "tta", "--budget-min", "10"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err == ("labelless bench tta: error: the following arguments are required: "
+                                                 "--config (see labelless bench tta --help)\n")
 
 
 def test_train_takes_seed_and_device_like_run(capsys, tmp_path):
