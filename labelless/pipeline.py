@@ -56,6 +56,8 @@ class Run:
     # how the scored head was chosen (RESULTS.md): "lowest_loss" when a stage trained several heads and
     # kept the one with the lowest training loss, "single_head", or "none" for an embedding (k-means)
     head_selection: str = "single_head"
+    # with "lowest_loss": the stage that chose, its chosen head and every head's mean loss (label-free)
+    head_choice: dict = field(default_factory=dict)
 
     @property
     def labels_used(self) -> bool:
@@ -277,7 +279,7 @@ def train(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool 
     with torch.random.fork_rng(devices=[]):  # the check must not move the training's random stream
         build_pipeline(config, k if k is not None else k_range[0], store, check_train=True)
     previous: Method | None = None
-    several_heads = False
+    head_choice: dict = {}
     for stage in config.stages:
         params = dict(stage.method)
         name = params.pop("name")
@@ -293,17 +295,19 @@ def train(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool 
         # serves every call of a chain of time-limited calls, the first included
         previous = trainer.fit(method, resume=resume and trainer.checkpoint_path.is_file())
         selector = getattr(previous, "selector", None)  # HeadSelector: the lowest-loss head of several
-        several_heads = several_heads or (selector is not None and selector.loss_sum.numel() > 1)
+        if selector is not None and selector.loss_sum.numel() > 1:  # later stages (self-labelling) continue it
+            head_choice = {"chosen_head": selector.chosen, "chosen_head_stage": stage.name,
+                           "head_losses": [round(float(v), 6) for v in selector.mean_losses]}
     if k is None:  # every stage learns an embedding only: K is for the k-means that evaluate runs
         k = choose_k(config, previous, store, k_range, run_dir, resume)
     if k_range is not None:
         config = dataclasses.replace(config, k=k)
         if main:
             save_config(config, run_dir / "config.yaml")
-    selection = ("lowest_loss" if several_heads else
+    selection = ("lowest_loss" if head_choice else
                  "none" if embedding_only(config.stages[-1].method["name"]) else "single_head")
     run = Run(config, run_dir, previous, k, store.image_size, store.channels, seconds=time.perf_counter() - start,
-              head_selection=selection)
+              head_selection=selection, head_choice=head_choice)
     if not main:
         return run
     export_weights(previous, run_dir / "model.safetensors", {"method": previous.name, "k": str(k)})
@@ -358,10 +362,7 @@ def evaluate(run: Run, store: ImageStore, split: str, dataset: str, train_store:
         if heads is not None and len(heads) > 1:  # evaluation-only diagnostic: how lucky was the loss's choice
             result["ACC_PER_HEAD"] = [round(cluster_metrics(labels, h.argmax(1).cpu().numpy())["ACC"], 4)
                                       for h in heads]
-    selector = getattr(run.method, "selector", None)  # HeadSelector: what chose the scored head, label-free
-    if selector is not None and selector.loss_sum.numel() > 1:
-        result["chosen_head"] = selector.chosen
-        result["head_losses"] = [round(float(v), 6) for v in selector.mean_losses]
+    result.update(run.head_choice)  # what chose the scored head, label-free, even when a later stage refined it
     if train_store is not None and train_store.labels is not None:  # evaluation only: training has ended
         result.update(run.method.diagnostics(train_store.labels.cpu(), run.run_dir))
     result["eval_seconds"] = time.perf_counter() - start

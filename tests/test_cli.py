@@ -368,6 +368,10 @@ def test_train_takes_seed_and_device_like_run(capsys, tmp_path):
     assert code == 0 and json.loads(out)["device"].startswith("cpu")
     recorded = (tmp_path / "config.yaml").read_text()
     assert "seed: 3" in recorded and "device: cpu" in recorded
+    # SCAN chose the head, self-labelling refined it: metrics.json still names the choice and its losses
+    scored = json.loads((tmp_path / "metrics.json").read_text())
+    assert scored["chosen_head_stage"] == "cluster" and len(scored["head_losses"]) > 1
+    assert scored["chosen_head"] == min(range(len(scored["head_losses"])), key=scored["head_losses"].__getitem__)
 
 
 def test_weak_mode_scored_on_its_training_split_says_so(capsys, tmp_path):
