@@ -217,9 +217,10 @@ def _weak_labels(config: RunConfig, store: ImageStore, k: int | None) -> Tensor 
         return None
     if store.labels is None:
         raise UserError("labelled_fraction needs a dataset with labels")
-    if k is None or int(store.labels.max()) >= k:
+    classes = int(store.labels.max()) + 1
+    if k != classes:  # fewer clusters cannot hold every class; more would be scored as wrong answers
         raise UserError(f"labelled_fraction trains cluster c as class c: set k to the class count "
-                        f"({int(store.labels.max()) + 1}), not {k if k is not None else 'auto'}")
+                        f"({classes}), not {k if k is not None else 'auto'}")
     for stage in config.stages:  # refuse before any stage trains, not when the first such stage starts
         cls = METHODS.get(stage.method["name"])
         if cls is not None and not takes_labels(cls) and not stage.method.get("uses_labels"):

@@ -69,8 +69,9 @@ def test_without_labelled_fraction_no_label_reaches_training(bars: ImageStore, t
 
 
 def test_refusals_are_clear(bars: ImageStore, tmp_path: Path):
-    with pytest.raises(UserError, match="set k to the class count"):
-        train(_config(MLP, 0.25, k=3), tmp_path / "a", progress=False, store=bars)
+    for k in (3, 5):  # the 4 classes: fewer clusters cannot hold them, more would be scored as wrong
+        with pytest.raises(UserError, match=f"set k to the class count \\(4\\), not {k}"):
+            train(_config(MLP, 0.25, k=k), tmp_path / "a", progress=False, store=bars)
     with pytest.raises(UserError, match="no cluster head to train on labels") as refused:
         train(_config({"name": "simclr", "backbone": "mlp", "augment": "none"}, 0.25), tmp_path / "b",
               progress=False, store=bars)
