@@ -157,10 +157,14 @@ def build_pipeline(config: RunConfig, k: int, store: ImageStore, *, check_train:
     return method
 
 
+NO_LABELS_TO_KEEP = "labelled_fraction needs a dataset with labels (a folder of class subfolders: --labels-from-folders)"
+
+
 def resolve_k(config: RunConfig, store: ImageStore) -> int:
     k = config.k or store.num_classes
     if k is None:
-        raise UserError("the dataset has no labels to count classes: give the number of clusters with --k")
+        raise UserError(NO_LABELS_TO_KEEP if config.labelled_fraction is not None else
+                        "the dataset has no labels to count classes: give the number of clusters with --k")
     if k < 2:
         raise UserError(f"--k must be at least 2, got {k}")
     if k >= len(store):
@@ -216,7 +220,7 @@ def _weak_labels(config: RunConfig, store: ImageStore, k: int | None) -> Tensor 
     if config.labelled_fraction is None:
         return None
     if store.labels is None:
-        raise UserError("labelled_fraction needs a dataset with labels")
+        raise UserError(NO_LABELS_TO_KEEP)
     classes = int(store.labels.max()) + 1
     if k != classes:  # fewer clusters cannot hold every class; more would be scored as wrong answers
         raise UserError(f"labelled_fraction trains cluster c as class c: set k to the class count "

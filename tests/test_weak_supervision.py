@@ -84,8 +84,9 @@ def test_refusals_are_clear(bars: ImageStore, tmp_path: Path):
     with pytest.raises(UserError, match="stage 'embed'.*no cluster head"):
         train(two_stages, tmp_path / "d", progress=False, store=bars)
     assert not (tmp_path / "d" / "metrics.jsonl").exists()
-    with pytest.raises(UserError, match="needs a dataset with labels"):
-        train(_config(MLP, 0.25), tmp_path / "c", progress=False, store=bars.without_labels())
+    for k in (4, None):  # without --k the message is still the missing labels, not the missing K
+        with pytest.raises(UserError, match="needs a dataset with labels"):
+            train(_config(MLP, 0.25, k=k), tmp_path / "c", progress=False, store=bars.without_labels())
 
 
 def test_supervised_reference_trains_on_the_kept_labels_only(bars: ImageStore, tmp_path: Path):
