@@ -33,9 +33,14 @@ def _add_data_options(p: argparse.ArgumentParser, split_help: str) -> None:
 
 
 def _folder_options(args: argparse.Namespace) -> dict:
-    if not args.dataset.startswith("folder:"):
-        return {}
-    return {"labels_from_folders": args.labels_from_folders, "image_size": args.image_size}
+    if args.dataset.startswith("folder:"):
+        return {"labels_from_folders": args.labels_from_folders, "image_size": args.image_size}
+    given = [flag for flag, value in (("--labels-from-folders", args.labels_from_folders),
+                                      ("--image-size", args.image_size)) if value not in (False, None)]
+    if given:  # a built-in dataset has its own labels and size: refused, not silently ignored
+        raise UserError(f"{' and '.join(given)} only appl{'y' if len(given) > 1 else 'ies'} to folder:PATH, "
+                        f"not to '{args.dataset}'")
+    return {}
 
 
 def _print(result: dict, as_json: bool) -> None:

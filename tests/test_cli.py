@@ -76,6 +76,9 @@ def test_baseline_kmeans_on_digits(capsys):
     (["baseline", "kmeans", "--dataset", "digits", "--k", "1"], "k=1 clusters: it must be at least 2"),
     (["evaluate", "/nonexistent.csv", "--dataset", "digits"], "no predictions file"),
     (["run", "--dataset", "digits", "--set", "dataset.options.image_size=32"], "dataset 'digits' takes no options"),
+    (["run", "--dataset", "digits", "--image-size", "16"], "--image-size only applies to folder:PATH, not to 'digits'"),
+    (["baseline", "kmeans", "--dataset", "digits", "--labels-from-folders", "--image-size", "16"],
+     "--labels-from-folders and --image-size only apply to folder:PATH"),
     (["run", "--dataset", "digits", "--device", "foo"], "device 'foo' is not a device name"),
     (["run", "--dataset", "digits", "--device", "cuda:x"], "device 'cuda:x' is not a device name"),
 ])
