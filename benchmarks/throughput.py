@@ -193,8 +193,7 @@ def load_images(dataset: str, data_root: str | None) -> ImageStore:
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
-    parser = OneLineParser(prog=prog, description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu or cuda")
     parser.add_argument("--batch", type=int, default=512,
                         help="images per step (each gives two views); below 512 an H100 idles (DEVICE.md)")

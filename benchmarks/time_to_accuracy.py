@@ -60,7 +60,8 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from labelless.cli import OneLineParser, positive_float, without_options  # noqa: E402  (light: `import labelless` loads no torch)
+# light: `import labelless` loads no torch
+from labelless.cli import OneLineParser, positive_float, without_options  # noqa: E402
 from labelless.errors import EXIT_TIME_LIMIT, UserError  # noqa: E402
 from labelless.ranks import distributed_info  # noqa: E402
 

@@ -157,7 +157,8 @@ def build_pipeline(config: RunConfig, k: int, store: ImageStore, *, check_train:
     return method
 
 
-NO_LABELS_TO_KEEP = "labelled_fraction needs a dataset with labels (a folder of class subfolders: --labels-from-folders)"
+NO_LABELS_TO_KEEP = ("labelled_fraction needs a dataset with labels (a folder of class subfolders: "
+                     "--labels-from-folders)")
 
 
 def resolve_k(config: RunConfig, store: ImageStore) -> int:
