@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -384,6 +385,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def leave_spawned_worker() -> None:
+    """A spawned DDP worker whose checks passed ends here, without interpreter finalisation: gloo's C++
+    threads can still hold work objects then, and tearing those down aborted a worker in the CI's full
+    suite twice ("terminate called without an active exception", SIGABRT), each time after every
+    assertion had passed (pytorch/pytorch#179291 describes the race). A failing worker never gets here:
+    its exception reaches mp.spawn as before."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 DDP_STAGE = stage(epochs=5, batch_size=32, schedule="cosine", warmup_epochs=1, lr=0.2, checkpoint_every=5)
 
 
@@ -403,6 +415,7 @@ def _ddp_worker(rank: int, world_size: int, port: int, run_dir: str) -> None:
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+    leave_spawned_worker()
 
 
 def test_ddp_matches_one_process_with_the_same_global_batch(tmp_path):
@@ -429,6 +442,7 @@ def _cli_worker(rank: int, port: int, run_dir: str, out_dir: str) -> None:
         code = main(["train", "--config", str(config), "--set", "train.epochs=1", "--device", "cpu", "--no-report",
                      "--json", "--run-dir", run_dir])
     assert code == 0 and not dist.is_initialized()
+    leave_spawned_worker()
 
 
 def test_a_torchrun_job_prints_one_result_and_writes_rank_0s_files(tmp_path):

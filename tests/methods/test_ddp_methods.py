@@ -18,7 +18,7 @@ from labelless.methods.base import EpochContext
 from labelless.methods.deepcluster import DeepCluster
 from labelless.pipeline import build_pipeline
 from labelless.train import all_gather_tensor
-from tests.test_train import _free_port
+from tests.test_train import _free_port, leave_spawned_worker
 
 
 def fake_store(n: int = 48, side: int = 16) -> ImageStore:
@@ -56,6 +56,7 @@ def _deepcluster_worker(rank: int, port: int) -> None:
         dist.barrier()  # no rank tears gloo down while its peer is still in a collective (SIGABRT at exit)
     finally:
         dist.destroy_process_group()
+    leave_spawned_worker()
 
 
 def test_deepcluster_pseudo_labels_and_head_are_the_same_on_every_rank():
