@@ -28,7 +28,7 @@ from labelless.evaluate.knn import knn_accuracy
 from labelless.evaluate.metrics import cluster_metrics
 from labelless.kselect import RULE, format_scores, scores_table, select_k
 from labelless.methods.base import Method
-from labelless.methods.scan import pixel_features
+from labelless.methods.scan import pixel_space_features
 from labelless.registry import METHODS, NEEDS_PREVIOUS_STAGE
 from labelless.train import (Deadline, Trainer, distributed_info, export_weights, labels_refused, rank_0_value,
                              resolve_device, steps_per_epoch, takes_labels)
@@ -183,8 +183,8 @@ def choose_k(config: RunConfig, embedding_stage: Method | None, store: ImageStor
              resume: bool = False, pixel_space: str = "centred") -> int:
     """`--k auto`: K chosen by `labelless.kselect.select_k` on the shared embedding — the trained
     leading embedding-only stages' `embed` output, or, when the pipeline starts with a clustering stage
-    (the digits and MNIST defaults: SCAN on pixel neighbours), the flattened pixels centred on the
-    dataset mean (SCAN's own neighbour space; deskewed first when the SCAN stage says `pixel_space: deskewed`). Images only: the labels never reach it. Scored on a
+    (the digits and MNIST defaults: SCAN on pixel neighbours), SCAN's own neighbour space, the stage's
+    `pixel_space` (`scan.pixel_space_features`). Images only: the labels never reach it. Scored on a
     random subset of at most `K_SELECTION_MAX_IMAGES` images; prints the table to stderr and writes
     `run_dir/k_selection.json`. A resumed run keeps the K it chose before, so that the checkpoints of
     later stages still fit."""
@@ -198,9 +198,9 @@ def choose_k(config: RunConfig, embedding_stage: Method | None, store: ImageStor
     subset = torch.randperm(len(store), generator=torch.Generator().manual_seed(seed))[:K_SELECTION_MAX_IMAGES]
     images = ImageStore(store.images[subset.sort().values.to(store.images.device)])
     if embedding_stage is None:
-        deskewed = pixel_space == "deskewed"
-        features = pixel_features(images, deskewed=deskewed)
-        source = f"{'deskewed ' if deskewed else ''}pixels centred on the dataset mean"
+        features = pixel_space_features(images, pixel_space)
+        source = {"deskewed": "deskewed pixels centred on the dataset mean", "patches": "patch k-means features"
+                  }.get(pixel_space, "pixels centred on the dataset mean")
     else:
         run = Run(config, run_dir, embedding_stage, k_range[0], store.image_size, store.channels)
         features, source = run.embed(images.images), f"the embedding of the trained '{embedding_stage.name}' stage"

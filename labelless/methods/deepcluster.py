@@ -76,9 +76,14 @@ def _assign(x: Tensor, centroids: Tensor, chunk: int = 8192) -> Tensor:
 
 
 def torch_kmeans(x: Tensor, k: int, iterations: int = 20, generator: torch.Generator | None = None) -> Tensor:
-    """Lloyd's k-means on the device of `x` (N×D): centroids start at k random rows (faiss's
-    default), `iterations` rounds of assignment and mean update, empty clusters split from a random
-    non-empty one (`_split_empty`). Returns the N assignments of the final centroids."""
+    """Lloyd's k-means on the device of `x` (N×D): the N assignments of `torch_kmeans_centroids`."""
+    return _assign(x, torch_kmeans_centroids(x, k, iterations, generator))
+
+
+def torch_kmeans_centroids(x: Tensor, k: int, iterations: int = 20, generator: torch.Generator | None = None) -> Tensor:
+    """k×D centroids of Lloyd's k-means on the rows of `x`: they start at k random rows (faiss's
+    default), then `iterations` rounds of assignment and mean update, empty clusters split from a
+    random non-empty one (`_split_empty`)."""
     rows = torch.randperm(len(x), generator=generator)[:k].to(x.device)
     centroids = x[rows].clone()
     for _ in range(iterations):
@@ -88,7 +93,7 @@ def torch_kmeans(x: Tensor, k: int, iterations: int = 20, generator: torch.Gener
         centroids = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], centroids)
         if bool((counts == 0).any()):
             centroids = _split_empty(centroids, counts, generator)
-    return _assign(x, centroids)
+    return centroids
 
 
 def kmeans(x: Tensor, k: int, iterations: int = 20, seed: int = 0) -> Tensor:

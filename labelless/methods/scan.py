@@ -29,6 +29,7 @@ from labelless.errors import UserError
 from labelless.evaluate.knn import knn_indices, principal_components
 from labelless.losses import scan_loss
 from labelless.methods.base import Batch, EpochContext, Method, MultiHeadClustering
+from labelless.methods.patch_features import PatchKMeans
 from labelless.nn.backbones import build_backbone
 from labelless.nn.heads import ClusterHeads, HeadSelector
 
@@ -44,6 +45,19 @@ def pixel_features(store: ImageStore, batch_size: int = 4096, *, deskewed: bool 
 
     flat = torch.cat([rows(i) for i in range(0, len(store), batch_size)])
     return flat - flat.mean(0)
+
+
+PIXEL_SPACES = ("centred", "deskewed", "patches")
+
+
+def pixel_space_features(store: ImageStore, space: str) -> Tensor:
+    """The features neighbours are mined on when there is no previous stage (`pixel_space`):
+    `centred` or `deskewed` pixels (`pixel_features`), or `patches`, Coates et al.'s single-layer
+    k-means features (`PatchKMeans`: on CIFAR-10 train, 38 % of the 20 neighbours share the label on
+    50 of their principal components, against 27 % on centred pixels; measured on 10k images)."""
+    if space == "patches":
+        return PatchKMeans().features(store)
+    return pixel_features(store, deskewed=space == "deskewed")
 
 
 def check_neighbour_space(space: str, pretrained: Method | None) -> None:
@@ -71,8 +85,8 @@ class SCAN(MultiHeadClustering):
             raise ValueError(f"neighbours_from must be 'pretrained', 'pixels' or 'auto', not {neighbours_from!r}")
         if neighbours_from == "pretrained" and pretrained is None:
             raise ValueError("neighbours_from='pretrained' needs a previous stage")
-        if pixel_space not in ("centred", "deskewed"):
-            raise ValueError(f"pixel_space must be 'centred' or 'deskewed', not {pixel_space!r}")
+        if pixel_space not in PIXEL_SPACES:
+            raise ValueError(f"pixel_space must be one of {', '.join(PIXEL_SPACES)}, not {pixel_space!r}")
         check_neighbour_space(neighbour_space, pretrained if neighbours_from == "pretrained" else None)
         self.neighbour_space = neighbour_space
         self.neighbours_from, self.num_neighbours, self.entropy_weight = neighbours_from, num_neighbours, entropy_weight
@@ -102,7 +116,7 @@ class SCAN(MultiHeadClustering):
     @torch.no_grad()
     def mine_neighbours(self, ctx: EpochContext) -> Tensor:
         if self.neighbours_from == "pixels":
-            features = pixel_features(ctx.store, deskewed=self.pixel_space == "deskewed")
+            features = pixel_space_features(ctx.store, self.pixel_space)
         else:
             pretrained = self._pretrained[0].to(ctx.device).eval()
             embed = pretrained.projector_embed if self.neighbour_space == "projector" else pretrained.embed
