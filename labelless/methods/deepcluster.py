@@ -83,7 +83,8 @@ def torch_kmeans(x: Tensor, k: int, iterations: int = 20, generator: torch.Gener
 def torch_kmeans_centroids(x: Tensor, k: int, iterations: int = 20, generator: torch.Generator | None = None) -> Tensor:
     """k×D centroids of Lloyd's k-means on the rows of `x`: they start at k random rows (faiss's
     default), then `iterations` rounds of assignment and mean update, empty clusters split from a
-    random non-empty one (`_split_empty`)."""
+    random non-empty one (`_split_empty`). With fewer rows than k, as many centroids as rows."""
+    k = min(k, len(x))
     rows = torch.randperm(len(x), generator=generator)[:k].to(x.device)
     centroids = x[rows].clone()
     for _ in range(iterations):

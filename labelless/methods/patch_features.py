@@ -55,9 +55,11 @@ class PatchKMeans:
         if self.stride is None:
             self.stride = max(1, min(height, width) // 32)
         g = self.generator
-        which = torch.randint(len(store), (self.samples,), generator=g)
-        top = torch.randint(height - self.patch + 1, (self.samples,), generator=g)
-        left = torch.randint(width - self.patch + 1, (self.samples,), generator=g)
+        # a small folder has fewer distinct patches than `samples`: draw each about once, not many times
+        samples = min(self.samples, len(store) * (height - self.patch + 1) * (width - self.patch + 1))
+        which = torch.randint(len(store), (samples,), generator=g)
+        top = torch.randint(height - self.patch + 1, (samples,), generator=g)
+        left = torch.randint(width - self.patch + 1, (samples,), generator=g)
         offsets = torch.arange(self.patch)
 
         def cut(start: int, stop: int) -> Tensor:
@@ -68,11 +70,12 @@ class PatchKMeans:
             channels = torch.arange(images.shape[1])[None, :, None, None]
             return images[picks, channels, rows, cols].flatten(1)
 
-        patches = _normalised(torch.cat([cut(i, min(i + chunk, self.samples)) for i in range(0, self.samples, chunk)]))
+        patches = _normalised(torch.cat([cut(i, min(i + chunk, samples)) for i in range(0, samples, chunk)]))
         self.mean = patches.mean(0)
         eigenvalues, vectors = torch.linalg.eigh(torch.cov((patches - self.mean).T))
         self.whiten = vectors @ torch.diag(eigenvalues.clamp_min(0).add(WHITEN_EPS).rsqrt()) @ vectors.T
         self.centroids = torch_kmeans_centroids((patches - self.mean) @ self.whiten, self.k, self.iterations, g)
+        self.k = len(self.centroids)  # fewer when there are fewer patches than centroids
         return self
 
     @torch.no_grad()

@@ -64,3 +64,12 @@ def test_stride_grows_with_the_image_so_the_patch_count_stays_near_a_32_pixel_im
 def test_images_smaller_than_a_patch_are_refused_in_one_line():
     with pytest.raises(UserError, match="smaller than a 6×6 patch"):
         PatchKMeans().fit(ImageStore(torch.zeros(4, 5, 5, 1, dtype=torch.uint8)))
+
+
+def test_a_folder_with_fewer_patches_than_centroids_gets_one_centroid_a_patch():
+    """Two 7×7 images hold 8 distinct 6×6 patches: 8 samples, 8 centroids, 4·8 features, all finite."""
+    images = (torch.rand(2, 7, 7, 3, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    extractor = PatchKMeans(generator=torch.Generator().manual_seed(0))
+    features = extractor.features(ImageStore(images))
+    assert extractor.k == 8 and features.shape == (2, 32)
+    assert torch.isfinite(features).all()
