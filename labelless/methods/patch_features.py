@@ -21,6 +21,7 @@ from torch import Tensor
 
 from tqdm import tqdm
 
+from labelless.chunks import fill_by_chunks
 from labelless.data.stores import ImageStore
 from labelless.errors import UserError
 from labelless.methods.deepcluster import torch_kmeans_centroids
@@ -67,10 +68,10 @@ class PatchKMeans:
             rows = (top[start:stop, None] + offsets)[:, None, :, None]
             cols = (left[start:stop, None] + offsets)[:, None, None, :]
             picks = torch.arange(stop - start)[:, None, None, None]
-            channels = torch.arange(images.shape[1])[None, :, None, None]
+            channels = torch.arange(store.channels)[None, :, None, None]
             return images[picks, channels, rows, cols].flatten(1)
 
-        patches = _normalised(torch.cat([cut(i, min(i + chunk, samples)) for i in range(0, samples, chunk)]))
+        patches = _normalised(fill_by_chunks(torch.empty(samples, store.channels * self.patch ** 2), chunk, cut))
         self.mean = patches.mean(0)
         eigenvalues, vectors = torch.linalg.eigh(torch.cov((patches - self.mean).T))
         self.whiten = vectors @ torch.diag(eigenvalues.clamp_min(0).add(WHITEN_EPS).rsqrt()) @ vectors.T
@@ -93,11 +94,15 @@ class PatchKMeans:
     @torch.no_grad()
     def features(self, store: ImageStore, batch_size: int = 100) -> Tensor:
         """`fit` on `store`, then the features of all its images, each standardised over the store
-        (so that no centroid's scale dominates a cosine), on the CPU, with a progress bar."""
+        (so that no centroid's scale dominates a cosine), on the CPU, with a progress bar. The rows
+        fill one matrix allocated up front (`labelless.chunks`: under the raised mmap threshold, a
+        list of per-batch results joined at the end grew the heap to 24 GB on CIFAR-10)."""
         self.fit(store)
-        starts = range(0, len(store), batch_size)
-        encoded = torch.cat([self.encode(store.batch(torch.arange(i, min(i + batch_size, len(store)),
-                                                                  device=store.device)).cpu())
-                             for i in tqdm(starts, desc="patch features", unit="batch", leave=False,
-                                           disable=None)])
-        return (encoded - encoded.mean(0)) / (encoded.std(0) + STANDARDISE_EPS)
+        with tqdm(total=len(store), desc="patch features", unit="img", leave=False, disable=None) as bar:
+            def rows(start: int, stop: int) -> Tensor:
+                bar.update(stop - start)
+                return self.encode(store.batch(torch.arange(start, stop, device=store.device)).cpu())
+
+            encoded = fill_by_chunks(torch.empty(len(store), 4 * self.k), batch_size, rows)
+        encoded -= encoded.mean(0)
+        return encoded.div_(encoded.std(0) + STANDARDISE_EPS)
