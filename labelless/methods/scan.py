@@ -7,6 +7,11 @@ Neighbours come from the previous stage (SCAN's pretext), or from pixel space wh
 pretext stage (scikit-learn digits: 96% of the 10 pixel-space neighbours share the label).
 Several heads train together; the head with the lowest loss is the answer.
 
+Without a previous stage, `pixel_space` picks the space neighbours are mined in: `centred` pixels,
+`deskewed` pixels (handwriting), or `patches` (Coates et al.'s single-layer k-means features,
+`labelless.methods.patch_features`: photographs; minutes on a CPU for 50k images). `neighbour_pca`
+keeps that many principal components of it first.
+
 `neighbour_space` picks where in the previous stage they are mined, both L2-normalised:
 - `backbone` (default): its pooled backbone features (`embed`, 512-d for a ResNet-18);
 - `projector`: its projector's output (`projector_embed`, 128-d for SimCLR), the space of SCAN's

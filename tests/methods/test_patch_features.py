@@ -73,3 +73,17 @@ def test_a_folder_with_fewer_patches_than_centroids_gets_one_centroid_a_patch():
     features = extractor.features(ImageStore(images))
     assert extractor.k == 8 and features.shape == (2, 32)
     assert torch.isfinite(features).all()
+
+
+def test_a_scan_stage_with_pixel_space_patches_mines_its_neighbours_there():
+    """The stripes again, through SCAN's own mining: each image's 3 neighbours are the 3 others of its kind."""
+    from labelless.methods.base import EpochContext
+    from labelless.methods.scan import SCAN
+
+    g = torch.Generator().manual_seed(0)
+    store = ImageStore(torch.cat([stripes(False, g), stripes(True, g)]))
+    torch.manual_seed(0)
+    scan = SCAN(k=2, in_channels=1, image_size=32, backbone="mlp", heads=1, num_neighbours=3, pixel_space="patches")
+    neighbours = scan.mine_neighbours(EpochContext(0, 1, store, torch.device("cpu"), batch_size=8))
+    kinds = torch.arange(8) // 4
+    assert torch.equal(kinds[neighbours], kinds[:, None].expand(8, 3))
