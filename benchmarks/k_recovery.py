@@ -4,7 +4,8 @@
 
 For each true K in 3, 5 and 10, `--draws` subsets of `--per-digit` train images per digit (the digits
 drawn at random for K < 10) are embedded as `labelless run --dataset mnist --k auto` embeds them —
-SCAN's pixel space, centred or deskewed (`--pixel-space`) — and `select_k` picks K from `--k-range`.
+SCAN's pixel space, centred or deskewed pixels or patch k-means features (`--pixel-space`) — and
+`select_k` picks K from `--k-range`.
 Labels only build the subsets and score the outcome; select_k never sees them.
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-digit", type=int, default=300, help="train images per digit in a subset")
     p.add_argument("--draws", type=int, default=3, help="subsets per true K")
     p.add_argument("--k-range", default="2..15", help="the Ks select_k tries")
-    p.add_argument("--pixel-space", choices=["centred", "deskewed"], default="deskewed")
+    p.add_argument("--pixel-space", choices=["centred", "deskewed", "patches"], default="deskewed")
     p.add_argument("--data-root", help="dataset directory (default: $LABELLESS_DATA, else ../shared/data)")
     p.add_argument("--out", help="result JSON to write")
     args = p.parse_args(argv)
@@ -34,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     from labelless.data.sources import load_dataset
     from labelless.data.stores import ImageStore
     from labelless.kselect import parse_k_range, select_k
-    from labelless.methods.scan import pixel_features
+    import torch
+
+    from labelless.methods.scan import pixel_space_features
     from labelless.provenance import device_name, stamp
 
     k_range = parse_k_range(args.k_range)
@@ -47,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
             digits = np.sort(rng.choice(10, true_k, replace=False)) if true_k < 10 else np.arange(10)
             rows = np.concatenate([rng.choice(np.flatnonzero(labels == d), args.per_digit, replace=False)
                                    for d in digits])
-            features = pixel_features(ImageStore(store.images[np.sort(rows)]),
-                                      deskewed=args.pixel_space == "deskewed").numpy()
+            torch.manual_seed(draw)  # the patch k-means
+            features = pixel_space_features(ImageStore(store.images[np.sort(rows)]), args.pixel_space).numpy()
             chosen, _ = select_k(features, k_range, seed=draw)
             cases.append({"true_k": true_k, "digits": digits.tolist(), "chosen_k": chosen})
             elapsed = time.perf_counter() - START
@@ -60,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "method": "kselect", "dataset": "mnist", "split": "train", "metrics": {},
         "k_recovery": {"exact": exact, "within_one": near, "cases": len(cases), "per_case": cases},
-        "embedding": f"{args.pixel_space} pixels centred on the subset mean", "k_range": args.k_range,
+        "embedding": ("patch k-means features, standardised over the subset" if args.pixel_space == "patches"
+                      else f"{args.pixel_space} pixels centred on the subset mean"), "k_range": args.k_range,
         "per_digit": args.per_digit, "labels_used_in_training": False,
         "device": device_name("cpu"), "wall_seconds": round(time.perf_counter() - START, 1),
         **stamp("python benchmarks/k_recovery.py " + " ".join(argv if argv is not None else sys.argv[1:])),
