@@ -398,7 +398,7 @@ def default_config_path(dataset: str, device: str | torch.device = "cuda") -> Pa
     """The default pipeline for a dataset: `configs/<dataset>/default.yaml`, else its time-to-accuracy
     recipe `configs/<dataset>/fast.yaml` (MNIST, CIFAR-10), else the generic one —
     `configs/default.yaml` (SimCLR → SCAN → self-labelling, sized for a GPU) on a GPU and
-    `configs/cpu.yaml` (SCAN on pixel neighbours, minutes) on a CPU, e.g. for a folder of your own images."""
+    `configs/cpu.yaml` (SCAN on patch k-means neighbours, minutes) on a CPU, e.g. for a folder of your own images."""
     for name in ("default.yaml", "fast.yaml"):
         specific = PROJECT_CONFIGS / dataset / name
         if specific.is_file():
