@@ -10,15 +10,15 @@ pretext network would take days.
    quadrants of the image → 4·K features.
 
 The paper's defaults (6×6 patches, stride 1, whitening, triangle coding, quadrant pooling) are kept;
-K is 400, not the paper's 1600, because encoding costs N·patches·K and on CIFAR-10 1600 gave no
-better neighbours (see `PatchKMeans` and the README). No label is used at any step.
+K is 400, not the paper's 1600: encoding costs N·patches·K, and on 10k CIFAR-10 train images 1600
+gave no better neighbours (the note in benchmarks/results/neighbours-cifar10.json). No label is used
+at any step. The features are computed on the CPU whatever the training device.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
 from tqdm import tqdm
 
 from labelless.chunks import fill_by_chunks
@@ -52,7 +52,7 @@ class PatchKMeans:
         height, width = store.image_size
         if min(height, width) < self.patch:
             raise UserError(f"patch features: the images are {height}×{width}, smaller than a "
-                            f"{self.patch}×{self.patch} patch; use pixel_space: centred")
+                            f"{self.patch}×{self.patch} patch: mine on pixels instead (--set stages.0.method.pixel_space=centred)")
         if self.stride is None:
             self.stride = max(1, min(height, width) // 32)
         g = self.generator

@@ -58,8 +58,8 @@ PIXEL_SPACES = ("centred", "deskewed", "patches")
 def pixel_space_features(store: ImageStore, space: str) -> Tensor:
     """The features neighbours are mined on when there is no previous stage (`pixel_space`):
     `centred` or `deskewed` pixels (`pixel_features`), or `patches`, Coates et al.'s single-layer
-    k-means features (`PatchKMeans`: on CIFAR-10 train, 38 % of the 20 neighbours share the label on
-    50 of their principal components, against 27 % on centred pixels; measured on 10k images)."""
+    k-means features (`PatchKMeans`: on CIFAR-10 train, 43 % of the 20 neighbours share the label on
+    50 of their principal components, against 31 % on centred pixels; neighbours-cifar10.json)."""
     if space == "patches":
         return PatchKMeans().features(store)
     return pixel_features(store, deskewed=space == "deskewed")
