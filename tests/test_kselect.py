@@ -103,6 +103,19 @@ def test_k_auto_trains_each_stage_once_and_recovers_k(monkeypatch, tmp_path, cap
         assert run.probabilities(blob_images().images).shape == (200, 4)
 
 
+def test_k_auto_scores_k_in_the_scan_stages_own_pixel_space(tmp_path):
+    """The CPU recipe mines on patch k-means features (`pixel_space: patches`): `--k auto` scores K there too."""
+    import json
+
+    from labelless.pipeline import train
+
+    config = tiny_config("scan")
+    config.stages[0].method["pixel_space"] = "patches"
+    run = train(config, tmp_path, progress=False, store=blob_images(), k_range=range(2, 9))
+    selection = json.loads((tmp_path / "k_selection.json").read_text())
+    assert selection["embedding"] == "patch k-means features" and selection["k"] == run.k
+
+
 def test_k_auto_never_reads_labels(tmp_path):
     from labelless.pipeline import train
 
