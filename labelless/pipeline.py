@@ -28,7 +28,7 @@ from labelless.evaluate.knn import knn_accuracy
 from labelless.evaluate.metrics import cluster_metrics
 from labelless.kselect import RULE, format_scores, scores_table, select_k
 from labelless.methods.base import Method
-from labelless.methods.scan import pixel_space_features
+from labelless.methods.scan import PIXEL_SPACES, pixel_space_features
 from labelless.registry import METHODS, NEEDS_PREVIOUS_STAGE
 from labelless.train import (Deadline, Trainer, distributed_info, export_weights, labels_refused, rank_0_value,
                              resolve_device, steps_per_epoch, takes_labels)
@@ -198,9 +198,7 @@ def choose_k(config: RunConfig, embedding_stage: Method | None, store: ImageStor
     subset = torch.randperm(len(store), generator=torch.Generator().manual_seed(seed))[:K_SELECTION_MAX_IMAGES]
     images = ImageStore(store.images[subset.sort().values.to(store.images.device)])
     if embedding_stage is None:
-        features = pixel_space_features(images, pixel_space)
-        source = {"deskewed": "deskewed pixels centred on the dataset mean", "patches": "patch k-means features"
-                  }.get(pixel_space, "pixels centred on the dataset mean")
+        features, source = pixel_space_features(images, pixel_space), PIXEL_SPACES[pixel_space]
     else:
         run = Run(config, run_dir, embedding_stage, k_range[0], store.image_size, store.channels)
         features, source = run.embed(images.images), f"the embedding of the trained '{embedding_stage.name}' stage"

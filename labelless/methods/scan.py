@@ -52,7 +52,9 @@ def pixel_features(store: ImageStore, batch_size: int = 4096, *, deskewed: bool 
     return flat - flat.mean(0)
 
 
-PIXEL_SPACES = ("centred", "deskewed", "patches")
+PIXEL_SPACES = {"centred": "pixels centred on the dataset mean",  # each `pixel_space`, as reports name it
+                "deskewed": "deskewed pixels centred on the dataset mean",
+                "patches": "patch k-means features"}
 
 
 def pixel_space_features(store: ImageStore, space: str) -> Tensor:
