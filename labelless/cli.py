@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
@@ -94,9 +95,12 @@ def _k_choice(args: argparse.Namespace) -> tuple[int | None, range | None]:
         if args.k is None:
             return None, None
         try:
-            return _positive(args.k), None
-        except (ValueError, argparse.ArgumentTypeError):
-            raise UserError(f"--k must be a positive integer or 'auto', got '{args.k}'") from None
+            k = int(args.k)
+        except ValueError:
+            k = 0
+        if k < 2 or str(k) != args.k.strip():
+            raise UserError(f"--k must be a whole number of clusters, at least 2, or 'auto', got '{args.k}'")
+        return k, None
     return None, parse_k_range(args.k_range or "2..30")
 
 
@@ -179,6 +183,11 @@ def _train_and_evaluate(config, args: argparse.Namespace, k_range: range | None 
     from labelless.report import write_report
     from labelless.train import end_distributed
 
+    if config.dataset.name.startswith("folder:") and config.dataset.name != "folder:":  # absolute, so that `report` and --resume work from anywhere
+        config.dataset.name = "folder:" + os.path.abspath(os.path.expanduser(config.dataset.name[len("folder:"):]))
+    from labelless.pipeline import check_run_dir
+
+    check_run_dir(Path(args.run_dir), config, args.resume)  # before the images are read
     store = load_dataset(config.dataset.name, split=config.dataset.split, root=config.dataset.root,
                          **config.dataset.options)
     eval_split = config.dataset.eval_split or _default_eval_split(config.dataset.name)
@@ -287,7 +296,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _read_predictions(path: Path):
-    """index, cluster and (if the header names prob_0..prob_{K-1}) probabilities, each row checked: a value
+    """index, cluster and (if the header names prob_0..prob_{K-1}) probabilities (a last `path` column is
+    ignored), each row checked: a value
     that is not a whole number, a repeated index, a probability outside [0, 1] or a cluster without its
     probability column is a one-line error naming the line, never truncated or scored."""
     import csv
@@ -300,6 +310,9 @@ def _read_predictions(path: Path):
     if not rows or [v.strip() for v in rows[0][1][:2]] != ["index", "cluster"]:
         raise UserError(f"{path}: the first line must be 'index,cluster[,prob_0,...]'")
     header = [v.strip() for v in rows[0][1]]
+    if header[-1] == "path":  # a folder run's predictions.csv names each index's file last
+        header = header[:-1]
+        rows = [(number, row[:len(header)]) for number, row in rows]
     k = len(header) - 2
     if header[2:] != [f"prob_{c}" for c in range(k)]:
         raise UserError(f"{path}: after index,cluster the header must name prob_0..prob_{max(k - 1, 0)}, "
@@ -370,6 +383,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from labelless.data.folder import _shown
     from labelless.predict import (
+        check_sort_target,
         check_writable,
         load_run,
         predict_files,
@@ -382,7 +396,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UserError(f"--out '{_shown(str(out))}' is a folder: name the CSV file to write, "
                         f"e.g. {_shown(str(out / 'predictions.csv'))}")
     check_writable(out.parent)
+    if args.copy and not args.sort_into:
+        raise UserError("--copy needs --sort-into DIR (it copies the images there instead of linking them)")
     if args.sort_into:
+        check_sort_target(Path(args.sort_into), args.images)
         check_writable(Path(args.sort_into))
     run = load_run(args.run_dir, device=args.device)
     predictions = predict_files(run, args.images, batch_size=args.batch_size)
@@ -390,15 +407,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
         height, width = run.image_size
         print(f"labelless: {predictions.resized} image(s) resized to the run's input size {width}×{height} "
               "(short side + centre crop, as in training)", file=sys.stderr)
+    skipped_list = None
     if predictions.skipped:
+        skipped_list = out.with_name(out.stem + ".skipped.txt")
+        with open(skipped_list, "w", encoding="utf-8", errors="surrogateescape") as f:
+            f.writelines(f"{p}\t{why}\n" for p, why in predictions.skipped)
         listed = ", ".join(f"{_shown(p)} ({why})" for p, why in predictions.skipped[:5])
         more = f" and {len(predictions.skipped) - 5} more" if len(predictions.skipped) > 5 else ""
-        print(f"labelless: skipped {len(predictions.skipped)} unreadable file(s): {listed}{more}", file=sys.stderr)
+        print(f"labelless: skipped {len(predictions.skipped)} unreadable file(s): {listed}{more}; "
+              f"all of them, each with its reason: {_shown(str(skipped_list))}", file=sys.stderr)
     write_predictions_csv(out, predictions, with_probabilities=args.probs)
     if args.sort_into:
         sort_into(Path(args.sort_into), predictions, copy=args.copy)
     counts = predictions.clusters.bincount(minlength=run.k).tolist()
-    _print({"n": len(predictions.paths), "skipped": len(predictions.skipped), "k": run.k,
+    _print({"n": len(predictions.paths), "skipped": len(predictions.skipped),
+            **({"skipped_list": str(skipped_list)} if skipped_list else {}), "k": run.k,
             "cluster_sizes": " ".join(map(str, counts)), "out": str(out),
             "sorted_into": args.sort_into or "-", "seconds": time.perf_counter() - START}, args.json)
     return 0

@@ -267,21 +267,23 @@ def train(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool 
     if store is None:
         store = load_dataset(config.dataset.name, split=config.dataset.split, root=config.dataset.root,
                              **config.dataset.options)
+    check_run_dir(run_dir, config, resume)
     k = resolve_k(config, store) if k_range is None else None
-    run_dir.mkdir(parents=True, exist_ok=True)
     main = distributed_info().is_main  # under torchrun, rank 0 alone writes the run's files
     config = with_min_steps(config, len(store), say=main)
+    torch.manual_seed(config.seed)
+    device = resolve_device(config.device)
+    labels = _weak_labels(config, store, k)
+    with torch.random.fork_rng(devices=[]):  # the check must not move the training's random stream
+        build_pipeline(config, k if k is not None else k_range[0], store, check_train=True)
+    # written only once every check has passed: a refused call leaves no half-made run behind
+    run_dir.mkdir(parents=True, exist_ok=True)
     if main:
         save_config(config, run_dir / "config.yaml")
     if store.skipped and main:
         listed = run_dir / "skipped_files.txt"
         listed.write_text("".join(f"{path}\t{reason}\n" for path, reason in store.skipped))
         print(f"labelless: the {len(store.skipped)} skipped file(s), each with its reason: {listed}", file=sys.stderr)
-    torch.manual_seed(config.seed)
-    device = resolve_device(config.device)
-    labels = _weak_labels(config, store, k)
-    with torch.random.fork_rng(devices=[]):  # the check must not move the training's random stream
-        build_pipeline(config, k if k is not None else k_range[0], store, check_train=True)
     previous: Method | None = None
     head_choice: dict = {}
     for stage in config.stages:
@@ -324,6 +326,43 @@ def train(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool 
     return run
 
 
+def check_run_dir(run_dir: Path, config: RunConfig, resume: bool) -> None:
+    """Refuse, in one line and before any work, a run directory that cannot hold this run: a path that
+    is a file or cannot be created; without `resume`, one that already holds a trained run (its model
+    or checkpoints would be overwritten: every folder trains into runs/cpu-seed0 unless told
+    otherwise); with `resume`, one whose run was trained on other data or with other stages."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--run-dir '{run_dir}' is a file, not a directory")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create the run directory '{run_dir}': {error.strerror or error}") from None
+    trained = [name for name in ("model.safetensors", "checkpoints") if (run_dir / name).exists()]
+    if not resume:
+        if trained:
+            raise UserError(f"'{run_dir}' already holds a run ({', '.join(trained)}): --resume continues it, "
+                            f"--run-dir DIR trains a new one elsewhere (or delete that folder first)")
+        return
+    saved_path = run_dir / "config.yaml"
+    if not trained or not saved_path.is_file():
+        return
+    from labelless.config import load_config
+
+    try:
+        saved = load_config(saved_path)
+    except UserError:
+        return  # an unreadable snapshot is overwritten; the checkpoints' own checks still apply
+    was, now = saved.dataset, config.dataset
+    if (was.name, was.split, was.root) != (now.name, now.split, now.root):
+        raise UserError(f"--resume: '{run_dir}' was trained on {was.name}"
+                        f"{'' if was.split is None else ' (' + was.split + ')'}, not {now.name}"
+                        f"{'' if now.split is None else ' (' + now.split + ')'}: use another --run-dir")
+    stages = lambda c: [(s.name, s.method["name"]) for s in c.stages]  # noqa: E731
+    if stages(saved) != stages(config):
+        raise UserError(f"--resume: '{run_dir}' holds the stages {stages(saved)}, this config has "
+                        f"{stages(config)}: use another --run-dir")
+
+
 def evaluate(run: Run, store: ImageStore, split: str, dataset: str, train_store: ImageStore | None = None,
              tag: str = "") -> dict:
     """Predict every image of `store`, write `predictions{tag}.csv`, and score it when labels exist
@@ -343,7 +382,7 @@ def evaluate(run: Run, store: ImageStore, split: str, dataset: str, train_store:
     else:
         features = torch.nn.functional.normalize(run.embed(store.images), dim=1)
         predictions, probabilities = kmeans_predictions(features, run.k, run.config.seed), None
-    write_predictions(run.run_dir / f"predictions{tag}.csv", predictions, probabilities)
+    write_predictions(run.run_dir / f"predictions{tag}.csv", predictions, probabilities, store.paths)
     result: dict = {"dataset": dataset, "split": split, "n": len(store), "k": run.k}
     if store.labels is not None:
         labels = store.labels.cpu().numpy()
@@ -380,16 +419,18 @@ def kmeans_predictions(features: Tensor, k: int, seed: int) -> Tensor:
     return torch.from_numpy(KMeans(k, n_init=10, random_state=seed).fit_predict(features.numpy())).long()
 
 
-def write_predictions(path: Path, predictions: Tensor, probabilities: Tensor | None = None) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
+def write_predictions(path: Path, predictions: Tensor, probabilities: Tensor | None = None,
+                      files: list[str] | None = None) -> None:
+    """index, cluster[, prob_0..][, path]: `files` (a folder's images) names the file behind each index."""
+    with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
+        writer = csv.writer(f, lineterminator="\n")
         k = probabilities.shape[1] if probabilities is not None else 0
-        writer.writerow(["index", "cluster"] + [f"prob_{c}" for c in range(k)])
+        writer.writerow(["index", "cluster"] + [f"prob_{c}" for c in range(k)] + (["path"] if files is not None else []))
         for i, cluster in enumerate(predictions.tolist()):
             row = [i, cluster]
             if probabilities is not None:
                 row += [f"{p:.5f}" for p in probabilities[i].tolist()]
-            writer.writerow(row)
+            writer.writerow(row + ([files[i]] if files is not None else []))
 
 
 def default_config_path(dataset: str, device: str | torch.device = "cuda") -> Path:

@@ -258,11 +258,27 @@ def check_writable(directory: Path) -> None:
         raise UserError(f"cannot write to '{folder._shown(str(directory))}': {error.strerror or error}") from None
 
 
+def check_sort_target(directory: Path, inputs: Sequence[str]) -> None:
+    """`--sort-into` must be a new or empty folder outside the images it sorts: sorting into a folder
+    that already holds clusters would add every image a second time (name_1.png, …) and keep stale
+    links from an earlier model, and a folder inside the inputs would be read as images next time."""
+    if directory.is_dir() and any(directory.iterdir()):
+        raise UserError(f"--sort-into '{folder._shown(str(directory))}' is not empty: name a new folder "
+                        "(or empty that one), so that no image is sorted twice")
+    target = directory.resolve()
+    for given in inputs:
+        source = Path(given).expanduser().resolve()
+        if source.is_dir() and (target == source or source in target.parents):
+            raise UserError(f"--sort-into '{folder._shown(str(directory))}' is inside the images it sorts "
+                            f"('{folder._shown(given)}'): the next run on that folder would read the sorted "
+                            "copies as more images; name a folder outside it")
+
+
 def write_predictions_csv(path: Path, predictions: Predictions, with_probabilities: bool = False) -> None:
     """path, cluster, confidence[, prob_0..]; file names keep undecodable bytes (surrogateescape)."""
     k = predictions.probabilities.shape[1]
     with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
-        writer = csv.writer(f)
+        writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["path", "cluster", "confidence"] + ([f"prob_{c}" for c in range(k)] if with_probabilities else []))
         for i, (file, cluster, confidence) in enumerate(zip(predictions.paths, predictions.clusters.tolist(),
                                                             predictions.confidence.tolist())):

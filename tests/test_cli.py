@@ -80,6 +80,10 @@ def test_baseline_kmeans_on_digits(capsys):
     (["baseline", "kmeans", "--dataset", "digits", "--labels-from-folders", "--image-size", "16"],
      "--labels-from-folders and --image-size only apply to folder:PATH"),
     (["run", "--dataset", "digits", "--device", "foo"], "device 'foo' is not a device name"),
+    (["run", "--dataset", "digits", "--k", "1"], "--k must be a whole number of clusters, at least 2, or 'auto', got '1'"),
+    (["run", "--dataset", "digits", "--k", "2.5"], "--k must be a whole number of clusters, at least 2"),
+    (["run", "--dataset", "digits", "--set", "foo=1"], "(known: dataset, name, seed, device, k, labelled_fraction, "
+     "notes, train.KEY (every stage), stages.N.method.KEY, stages.N.train.KEY)"),
     (["run", "--dataset", "digits", "--device", "cuda:x"], "device 'cuda:x' is not a device name"),
 ])
 def test_mistakes_are_one_line_and_exit_2(capsys, tmp_path, argv, message):
@@ -123,6 +127,9 @@ def test_evaluate_reads_whole_number_floats_blank_lines_and_probabilities(capsys
     code, out, err = run_cli(capsys, "evaluate", str(csv), "--dataset", "digits", "--json")
     result = json.loads(out)
     assert code == 0 and result["n"] == 2 and result["k"] == 2 and result["CONFIDENT_FRACTION"] == 0.5
+    csv.write_text("index,cluster,prob_0,prob_1,path\n0,0,0.95,0.05,a b.png\n1,1,0.4,0.6,c,d.png\n")  # a folder run's
+    code, out, err = run_cli(capsys, "evaluate", str(csv), "--dataset", "digits", "--json")
+    assert code == 0 and json.loads(out)["k"] == 2 and json.loads(out)["CONFIDENT_FRACTION"] == 0.5
 
 
 def test_an_index_past_the_split_names_itself(capsys, tmp_path):
@@ -210,6 +217,48 @@ def test_run_on_a_folder_lists_its_skipped_files_in_the_run_directory(capsys, tm
     assert listed.read_text() == (f"{images / 'empty.png'}\tempty file\n"
                                   f"{images / 'notes.txt'}\tnot an image Pillow can read\n")
     assert f"labelless: the 2 skipped file(s), each with its reason: {listed}" in err.splitlines()
+
+
+def test_a_run_directory_is_never_overwritten_or_resumed_on_other_data(capsys, tmp_path, monkeypatch):
+    """Every folder trains into runs/cpu-seed0 unless told otherwise: a second run there is refused
+    (the first model stays), and so is --resume on other data, before any file of the run changes. The
+    folder is recorded as an absolute path, so that `report` works from any directory."""
+    monkeypatch.chdir(tmp_path)
+    _random_images(tmp_path / "images", 48)
+    sets = ["--set", "stages.0.train.epochs=1", "--set", "stages.0.train.min_steps=null",
+            "--set", "train.batch_size=16"]
+    argv = ["run", "--dataset", "folder:images", "--device", "cpu", "--k", "2", "--no-report", *sets]
+    assert run_cli(capsys, *argv)[0] == 0
+    run_dir = tmp_path / "runs" / "cpu-seed0"
+    from labelless.config import load_config
+    assert load_config(run_dir / "config.yaml").dataset.name == f"folder:{tmp_path / 'images'}"
+    files = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"'{Path('runs') / 'cpu-seed0'}' already holds a run (model.safetensors, checkpoints): --resume" in err
+    _random_images(tmp_path / "other", 48)
+    code, _, err = run_cli(capsys, "run", "--dataset", "folder:other", "--device", "cpu", "--k", "2",
+                           "--no-report", "--resume", *sets)
+    assert code == 2 and f"was trained on folder:{tmp_path / 'images'}, not folder:{tmp_path / 'other'}" in err
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == files
+    code, _, err = run_cli(capsys, *argv, "--resume", "--json")  # the same data resumes: nothing to train
+    assert code == 0
+    (tmp_path / "a_file").write_text("x")
+    code, _, err = run_cli(capsys, *argv, "--run-dir", "a_file")
+    assert code == 2 and "--run-dir 'a_file' is a file, not a directory" in err
+
+
+def test_a_folder_of_fewer_images_than_neighbours_mines_fewer(capsys, tmp_path):
+    """configs/cpu.yaml mines 20 neighbours; 6 images have 5 others: SCAN mines those, says so, and the
+    run's predictions.csv names each row's file."""
+    images = _random_images(tmp_path / "images", 6)
+    run_dir = tmp_path / "run"
+    code, out, err = _run_on_folder(capsys, images, run_dir, "stages.0.train.min_steps=null", "train.batch_size=4")
+    assert code == 0 and json.loads(out)["n"] == 6
+    assert "labelless: scan mines 5 neighbours per image, not 20: the data has 6 images" in err.splitlines()
+    rows = (run_dir / "predictions.csv").read_text().splitlines()
+    assert rows[0].split(",")[-1] == "path" and [row.split(",")[-1] for row in rows[1:]] == [
+        str(images / f"{i:02d}.png") for i in range(6)]
 
 
 def test_labels_from_a_flat_folder_say_why_there_are_none(capsys, tmp_path):
@@ -311,8 +360,8 @@ def test_k_auto_options_parse(command):
     (["--k", "auto", "--k-range", "2-30"], "--k-range must be LOW..HIGH"),
     (["--k-range", "3..6"], "--k-range needs --k auto"),
     (["--k", "5", "--k-range", "3..6"], "--k-range needs --k auto"),
-    (["--k", "many"], "positive integer or 'auto'"),
-    (["--k", "0"], "positive integer or 'auto'"),
+    (["--k", "many"], "whole number of clusters, at least 2, or 'auto'"),
+    (["--k", "0"], "whole number of clusters, at least 2, or 'auto'"),
 ])
 @pytest.mark.parametrize("command", [["run", "--dataset", "digits"],
                                      ["train", "--config", "configs/digits/default.yaml"]])

@@ -1,6 +1,7 @@
 """`labelless predict` and `load_run`: a run rebuilt from disk predicts like the trained one; files and
 folders in, CSV and cluster folders out; bad input ends in one line, nothing lost."""
 import csv
+import json
 import os
 import shutil
 
@@ -95,6 +96,42 @@ def test_predict_with_copies_and_a_list_of_files(tiny_run, image_folder, tmp_pat
     assert code == 0
     copies = [p for p in (tmp_path / "s").rglob("*.png")]
     assert len(copies) == 2 and not any(p.is_symlink() for p in copies)
+
+
+def test_skipped_files_are_all_listed_beside_the_csv(tiny_run, image_folder, tmp_path, capsys):
+    """stderr names the first five; every skipped file, with its reason, goes to p.skipped.txt."""
+    run, _ = tiny_run
+    images = tmp_path / "images"
+    shutil.copytree(image_folder, images)
+    for i in range(7):
+        (images / f"notes{i}.txt").write_text("not an image")
+    code, out, err = run_cli(capsys, "predict", run.run_dir, images, "--out", tmp_path / "p.csv", "--json")
+    listed = tmp_path / "p.skipped.txt"
+    assert code == 0 and json.loads(out)["skipped"] == 8 and json.loads(out)["skipped_list"] == str(listed)
+    lines = listed.read_text().splitlines()
+    assert sorted(line.split("\t")[0] for line in lines) == sorted(
+        [str(images / "notes.txt")] + [str(images / f"notes{i}.txt") for i in range(7)])
+    assert all(line.split("\t")[1] for line in lines) and "and 3 more" in err and str(listed) in err
+
+
+def test_sorting_into_a_folder_that_is_not_empty_or_inside_the_inputs_is_refused(tiny_run, image_folder,
+                                                                                  tmp_path, capsys):
+    """A second sort into the same folder would add every image again (name_1.png) and keep the links of
+    an earlier model; a folder inside the inputs would be read as more images next time."""
+    run, _ = tiny_run
+    sorted_dir = tmp_path / "sorted"
+    argv = ["predict", run.run_dir, image_folder / "1.png", "--out", tmp_path / "p.csv", "--sort-into", sorted_dir]
+    assert run_cli(capsys, *argv)[0] == 0
+    before = sorted(p.name for p in sorted_dir.rglob("*"))
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2 and "is not empty" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in sorted_dir.rglob("*")) == before
+    inside = image_folder / "sorted"
+    code, _, err = run_cli(capsys, "predict", run.run_dir, image_folder, "--out", tmp_path / "q.csv",
+                           "--sort-into", inside)
+    assert code == 2 and "is inside the images it sorts" in err and not inside.exists()
+    code, _, err = run_cli(capsys, "predict", run.run_dir, image_folder, "--out", tmp_path / "r.csv", "--copy")
+    assert code == 2 and "--copy needs --sort-into" in err and not (tmp_path / "r.csv").exists()
 
 
 def test_cluster_folders_are_zero_padded():

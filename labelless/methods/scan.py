@@ -24,6 +24,7 @@ Only the mining changes: the cluster heads sit on the backbone either way.
 from __future__ import annotations
 
 import copy
+import sys
 
 import torch
 from torch import Tensor
@@ -128,11 +129,17 @@ class SCAN(MultiHeadClustering):
             pretrained = self._pretrained[0].to(ctx.device).eval()
             embed = pretrained.projector_embed if self.neighbour_space == "projector" else pretrained.embed
             features = torch.cat([embed(images).float() for _, images in ctx.batches()])
-        return knn_indices(principal_components(features, self.neighbour_pca), self.num_neighbours).to(ctx.store.device)
+        k = min(self.num_neighbours, len(features) - 1)
+        if k < 1:
+            raise UserError(f"scan: {len(features)} image(s) have no neighbours to mine: it needs at least 2")
+        if k < self.num_neighbours:
+            print(f"labelless: scan mines {k} neighbours per image, not {self.num_neighbours}: "
+                  f"the data has {len(features)} images", file=sys.stderr)
+        return knn_indices(principal_components(features, self.neighbour_pca), k).to(ctx.store.device)
 
     def training_step(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
         n = len(batch.indices)
-        pick = torch.randint(self.num_neighbours, (n,), device=batch.indices.device)
+        pick = torch.randint(self.neighbour_indices.shape[1], (n,), device=batch.indices.device)
         neighbours = self.neighbour_indices[batch.indices, pick]
         images = torch.cat([self.augment(batch.images), self.augment(self._store.batch(neighbours).to(batch.images))])
         logits = self.heads(self.backbone(images))

@@ -115,8 +115,10 @@ def _saved_probabilities(run: Run, n: int, split: str) -> np.ndarray | None:
     scored = _read_metrics_json(run.run_dir / "metrics.json") if csv_path.is_file() else None
     if scored is None or scored.get("split") != split or scored.get("n") != n:
         return None
-    with open(csv_path, newline="") as f:
+    with open(csv_path, newline="", encoding="utf-8", errors="surrogateescape") as f:
         rows = list(csv.reader(f))
+    if rows and rows[0][-1:] == ["path"]:  # a folder run names each row's file last
+        rows = [row[:-1] for row in rows]
     if not rows or rows[0][:2] != ["index", "cluster"] or len(rows[0]) != 2 + run.k or len(rows) - 1 != n:
         return None
     try:
