@@ -121,7 +121,12 @@ def load_config(source: str | Path | dict, overrides: Sequence[str] = ()) -> Run
     """
     raw, default_name = _read(source)
     raw.setdefault("name", default_name)
-    normalised, single = _normalise(raw)
+    try:
+        normalised, single = _normalise(raw)
+    except UserError as error:  # the file's own structure (before any override): name the file
+        if isinstance(source, dict):
+            raise
+        raise UserError(f"config file {source}: {error}") from None
     for text in overrides:
         _apply_override(normalised, text)
     return _build_run(normalised, single)
@@ -262,7 +267,10 @@ def _set(node: dict, parts: list[str], value: Any, shown: str, schema: type | No
         known = [f.name for f in fields(schema)]
         if head not in known or head == "stages":
             done = shown.split(".")[: len(shown.split(".")) - len(parts)]
-            raise _unknown(".".join(done + [head]), [".".join(done + [k]) for k in known if k != "stages"])
+            addresses = [".".join(done + [k]) for k in known if k != "stages"]
+            if not done and schema is RunConfig:  # the top level: name the sections too
+                addresses += ["train.KEY (every stage)", "stages.N.method.KEY", "stages.N.train.KEY"]
+            raise _unknown(".".join(done + [head]), addresses)
     if not rest:
         node[head] = value
         return

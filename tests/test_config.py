@@ -93,7 +93,10 @@ def test_bad_yaml_values_fail_with_one_line_naming_the_key(change, message):
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
-def test_structural_mistakes_are_user_errors():
+def test_structural_mistakes_are_user_errors(tmp_path):
+    (tmp_path / "fake.yaml").write_text("dataset: digits\n")
+    with pytest.raises(UserError, match=f"^config file {tmp_path / 'fake.yaml'}: config has no method"):
+        load_config(tmp_path / "fake.yaml")
     with pytest.raises(UserError, match="not both"):
         load_config({**PIPELINE, "method": "x"})
     with pytest.raises(UserError, match="config has no method"):

@@ -126,7 +126,7 @@ def read_folder(path: str | os.PathLike, image_size: int | None = None, labels_f
         images=torch.from_numpy(images),
         labels=labels,
         class_names=class_names,
-        source=f"folder {_shown(root)} ({len(kept)} images, {size[1]}×{size[0]}×{channels}, {why})",
+        source=f"folder {_shown(root)} ({len(kept)} image{'s' if len(kept) != 1 else ''}, {size[1]}×{size[0]}×{channels}, {why})",
         paths=[h.path for h in kept_headers],
         skipped=sorted(skipped),
         streamed=plan.stream,
@@ -407,7 +407,7 @@ def _warn_skipped(root: str, skipped: list[tuple[str, str]]) -> None:
     first = ", ".join(f"{_shown(p)} ({reason})" for p, reason in sorted(skipped)[:5])
     more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
     warnings.warn(f"skipped {len(skipped)} file(s) under '{_shown(root)}': {first}{more} "
-                  "(all listed in store.skipped)", stacklevel=3)
+                  "(a run lists them all, each with its reason, in RUN_DIR/skipped_files.txt)", stacklevel=3)
 
 
 def _shown(path: str) -> str:

@@ -66,9 +66,10 @@ def memory_plan(n: int, height: int, width: int, channels: int, *, mode: str | N
     `mode`: 'auto' (by size), 'always' (stream) or 'never'; default `$LABELLESS_STREAM`, else 'auto'.
     `available`: bytes of RAM, default `available_memory()`; unknown → in memory (as before streaming).
     """
+    where = f"${STREAM_ENV}" if mode is None else "the dataset option 'stream'"
     mode = (mode if mode is not None else os.environ.get(STREAM_ENV) or "auto").strip().lower()
     if mode not in STREAM_MODES:
-        raise UserError(f"{STREAM_ENV} must be one of {', '.join(STREAM_MODES)}, not '{mode}'")
+        raise UserError(f"{where} must be one of {', '.join(STREAM_MODES)}, not '{mode}'")
     nbytes = n * height * width * channels
     available = available_memory() if available is None else available
     if mode == "auto":

@@ -43,6 +43,8 @@ def test_memory_plan_streams_above_half_the_available_memory(monkeypatch):
     monkeypatch.setenv(stores.STREAM_ENV, "sometimes")
     with pytest.raises(UserError, match="LABELLESS_STREAM must be one of auto, always, never"):
         memory_plan(10, 8, 8, 1)
+    with pytest.raises(UserError, match="the dataset option 'stream' must be one of auto, always, never, not 'often'"):
+        memory_plan(10, 8, 8, 1, mode="often")  # `--set dataset.options.stream=often`: named as the user wrote it
     monkeypatch.setenv(stores.STREAM_ENV, "auto")
     monkeypatch.setattr(stores, "available_memory", lambda: None)
     unknown = memory_plan(300_000, 256, 256, 3)
