@@ -214,13 +214,14 @@ def run_one_seed(args: argparse.Namespace) -> dict:
     for stage, end in ends.items():
         stage_seconds[stage], previous_end = end - previous_end, end
     stage_seconds["evaluate"] = wall - side["seconds"] - previous_end
-    return {"seed": seed, **{k: metrics[k] for k in METRICS if k in metrics}, "wall_seconds": round(wall, 1),
+    return {"seed": seed, **{k: metrics[k] for k in (*METRICS, "ACC_HUNGARIAN") if k in metrics},  # the last: label-trained runs
+            "wall_seconds": round(wall, 1),
             "curve_seconds": round(side["seconds"], 1), "neighbour_agreement": agreement,
             "stage_seconds": {k: round(v, 1) for k, v in stage_seconds.items()},
             "epochs": {s.name: s.train.epochs for s in run.config.stages}, "train_images": len(store),
             "device": device_name(str(run.device)), "curve": curve, "method": "pipeline:" + "+".join(
                 s.method["name"] for s in config.stages), "dataset": name, "chained_calls": len(calls),
-            "head_selection": run.head_selection}
+            "head_selection": run.head_selection, "labels_used": run.labels_used}
 
 
 def seed_environment(args: argparse.Namespace, caches: str) -> dict[str, str]:
@@ -348,10 +349,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         "epochs": runs[0]["epochs"], "train_images": runs[0]["train_images"], "seeds": args.seeds,
         "metrics": {k: round(statistics.mean(r[k] for r in runs), 4) for k in keys},
         "metrics_std": {k: round(statistics.pstdev(r[k] for r in runs), 4) for k in keys},
-        "per_seed": [{k: r[k] for k in ("seed", *keys, "wall_seconds", "curve_seconds", "stage_seconds",
-                                        "neighbour_agreement", "device")} for r in runs],
+        "per_seed": [{**{k: r[k] for k in ("seed", *keys, "wall_seconds", "curve_seconds", "stage_seconds",
+                                           "neighbour_agreement", "device")},
+                      **({"ACC_HUNGARIAN": r["ACC_HUNGARIAN"]} if "ACC_HUNGARIAN" in r else {})} for r in runs],
         "within_budget": all(r["wall_seconds"] - r["curve_seconds"] <= budget_s for r in runs),
-        "head_selection": runs[0].get("head_selection", "lowest_loss"), "labels_used_in_training": False,
+        "head_selection": runs[0].get("head_selection", "lowest_loss"), "labels_used_in_training": any(r.get("labels_used", False) for r in runs),
         "device": device_of(runs),
         "wall_seconds": round(statistics.mean(r["wall_seconds"] - r["curve_seconds"] for r in runs), 1),
         "wall_clock": f"from process spawn to the final {scored_split} evaluation, curve side channel excluded"

@@ -288,6 +288,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if index.max() >= len(store):
         raise UserError(f"{path}: index {int(index.max())} is outside the {len(store)} images of that split")
     labels = store.labels.numpy()[index]
+    if len(index) < len(store):  # e.g. another dataset's predictions, or a partial file: say what was scored
+        print(f"labelless: warning: {path} predicts {len(index)} of the {len(store)} images of that split: "
+              f"the scores cover those {len(index)} only", file=sys.stderr)
     metrics = cluster_metrics(labels, clusters, probabilities, 0.9 if probabilities is not None else None)
     k = probabilities.shape[1] if probabilities is not None else int(np.unique(clusters).size)
     _print({**metrics, "n": len(index), "k": k, "split": args.split or _default_eval_split(args.dataset),

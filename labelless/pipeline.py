@@ -30,8 +30,8 @@ from labelless.kselect import RULE, format_scores, scores_table, select_k
 from labelless.methods.base import Method
 from labelless.methods.scan import PIXEL_SPACES, pixel_space_features
 from labelless.registry import METHODS, NEEDS_PREVIOUS_STAGE
-from labelless.train import (Deadline, Trainer, distributed_info, export_weights, labels_refused, rank_0_value,
-                             resolve_device, steps_per_epoch, takes_labels)
+from labelless.train import (Deadline, Trainer, distributed_info, export_weights, labels_refused, more_epochs_than_asked,
+                             rank_0_value, resolve_device, steps_per_epoch, takes_labels)
 
 PROJECT_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 CONFIDENT_THRESHOLD = 0.9  # LSD-C reports the share of samples above 0.9 and their ACC
@@ -133,7 +133,7 @@ def build_method(name: str, params: dict, *, k: int, store: ImageStore, previous
     try:
         return METHODS[name](k=k, in_channels=store.channels, image_size=store.image_size[0], pretrained=previous,
                              **params)
-    except TypeError as error:  # an unknown or missing constructor parameter in the config
+    except (TypeError, UserError) as error:  # an unknown or missing parameter, or a value out of range
         raise UserError(f"{where}: {error}") from None
 
 
@@ -271,6 +271,8 @@ def train(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool 
     k = resolve_k(config, store) if k_range is None else None
     main = distributed_info().is_main  # under torchrun, rank 0 alone writes the run's files
     config = with_min_steps(config, len(store), say=main)
+    if resume:
+        check_resumed_epochs(config, run_dir)
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     labels = _weak_labels(config, store, k)
@@ -361,6 +363,21 @@ def check_run_dir(run_dir: Path, config: RunConfig, resume: bool) -> None:
     if stages(saved) != stages(config):
         raise UserError(f"--resume: '{run_dir}' holds the stages {stages(saved)}, this config has "
                         f"{stages(config)}: use another --run-dir")
+
+
+def check_resumed_epochs(config: RunConfig, run_dir: Path) -> None:
+    """Before any file of the run changes: no stage's checkpoint may hold more epochs than the config
+    asks (the Trainer checks again; an unreadable checkpoint is left to it to explain)."""
+    for stage in config.stages:
+        path = run_dir / "checkpoints" / f"{stage.name}.pt"
+        if not path.is_file():
+            continue
+        try:
+            trained = int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
+        except Exception:  # noqa: BLE001 — the Trainer's load_checkpoint says why the file cannot be used
+            continue
+        if trained > stage.train.epochs:
+            raise more_epochs_than_asked(stage.name, trained, stage.train.epochs, path)
 
 
 def evaluate(run: Run, store: ImageStore, split: str, dataset: str, train_store: ImageStore | None = None,

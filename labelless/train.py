@@ -311,6 +311,13 @@ def load_checkpoint(path: Path, stage: str, method_name: str) -> dict:
     return state
 
 
+def more_epochs_than_asked(stage: str, trained: int, asked: int, path: Path) -> UserError:
+    """Resuming a stage whose checkpoint has more epochs than the config asks would keep the longer-trained
+    model while the run records the shorter count."""
+    return UserError(f"--resume: stage '{stage}' has trained {trained} epochs in {path}, more than the {asked} "
+                     f"asked: use another --run-dir, or ask for at least {trained}")
+
+
 def export_weights(method: nn.Module, path: Path, metadata: dict[str, str]) -> None:
     """method.state_dict() as safetensors (contiguous, unshared CPU copies: safetensors refuses views)."""
     from safetensors.torch import save_file
@@ -745,11 +752,14 @@ class Trainer:
             raise UserError(f"nothing to resume: {self.checkpoint_path} does not exist "
                             f"(start the stage without resume)")
         state = load_checkpoint(self.checkpoint_path, self.stage.name, _method_name(method))
+        if int(state["epoch"]) > self.train.epochs:  # the model would keep them while the run said fewer
+            raise more_epochs_than_asked(self.stage.name, int(state["epoch"]), self.train.epochs, self.checkpoint_path)
         try:
             method.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as error:
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+            first_line = " ".join(lines[:2]) if lines and lines[0].endswith(":") else (lines or [type(error).__name__])[0]
             raise UserError(f"checkpoint {self.checkpoint_path} does not fit this method (other settings?): "
                             f"{first_line}") from None
         method.load_state_from_checkpoint(state["method_state"])

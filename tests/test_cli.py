@@ -80,6 +80,12 @@ def test_baseline_kmeans_on_digits(capsys):
     (["baseline", "kmeans", "--dataset", "digits", "--labels-from-folders", "--image-size", "16"],
      "--labels-from-folders and --image-size only apply to folder:PATH"),
     (["run", "--dataset", "digits", "--device", "foo"], "device 'foo' is not a device name"),
+    (["run", "--dataset", "digits", "--set", "stages.0.method.heads=0"],
+     "stage 'cluster': config key 'method.heads' must be at least 1, got 0"),
+    (["run", "--dataset", "digits", "--set", "stages.0.method.num_neighbours=0"],
+     "stage 'cluster': config key 'method.num_neighbours' must be at least 1, got 0"),
+    (["run", "--dataset", "digits", "--set", "stages.1.method.threshold=1.5"],
+     "stage 'selflabel': config key 'method.threshold' must be in [0, 1), got 1.5"),
     (["run", "--dataset", "digits", "--k", "1"], "--k must be a whole number of clusters, at least 2, or 'auto', got '1'"),
     (["run", "--dataset", "digits", "--k", "2.5"], "--k must be a whole number of clusters, at least 2"),
     (["run", "--dataset", "digits", "--set", "foo=1"], "(known: dataset, name, seed, device, k, labelled_fraction, "
@@ -127,6 +133,8 @@ def test_evaluate_reads_whole_number_floats_blank_lines_and_probabilities(capsys
     code, out, err = run_cli(capsys, "evaluate", str(csv), "--dataset", "digits", "--json")
     result = json.loads(out)
     assert code == 0 and result["n"] == 2 and result["k"] == 2 and result["CONFIDENT_FRACTION"] == 0.5
+    assert f"labelless: warning: {csv} predicts 2 of the 1797 images of that split: the scores cover those 2 only" \
+        in err.splitlines()
     csv.write_text("index,cluster,prob_0,prob_1,path\n0,0,0.95,0.05,a b.png\n1,1,0.4,0.6,c,d.png\n")  # a folder run's
     code, out, err = run_cli(capsys, "evaluate", str(csv), "--dataset", "digits", "--json")
     assert code == 0 and json.loads(out)["k"] == 2 and json.loads(out)["CONFIDENT_FRACTION"] == 0.5
@@ -295,6 +303,20 @@ def test_train_resume_restores_finished_stages_and_starts_missing_ones(capsys, t
     assert code == code_again == 0
     assert json.loads(again)["ACC"] == json.loads(first)["ACC"]
     assert (tmp_path / "predictions.csv").read_text() == predictions
+
+
+def test_resume_refuses_to_record_fewer_epochs_than_the_checkpoint_trained(capsys, tmp_path):
+    """A finished 2-epoch stage resumed with epochs=1 kept the 2-epoch model but recorded 1."""
+    config = Path(__file__).resolve().parents[1] / "configs" / "digits" / "default.yaml"
+    argv = ["train", "--config", str(config), "--run-dir", str(tmp_path), "--json", "--no-report",
+            "--set", "stages.1.train.epochs=1", "--set", "device=cpu"]
+    assert run_cli(capsys, *argv, "--set", "stages.0.train.epochs=2")[0] == 0
+    saved = (tmp_path / "config.yaml").read_text()
+    code, out, err = run_cli(capsys, *argv, "--set", "stages.0.train.epochs=1", "--resume")
+    assert code == 2 and out == "" and err.strip().splitlines()[-1].endswith(
+        "stage 'cluster' has trained 2 epochs in " + str(tmp_path / "checkpoints" / "cluster.pt")
+        + ", more than the 1 asked: use another --run-dir, or ask for at least 2")
+    assert (tmp_path / "config.yaml").read_text() == saved  # refused before any file changed
 
 
 def test_time_limit_stops_with_exit_75_and_the_same_command_finishes_the_run(capsys, tmp_path):

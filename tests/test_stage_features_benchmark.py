@@ -163,6 +163,7 @@ def test_probe_at_a_block_of_the_final_stage(bench, tiny_run, capsys, tmp_path):
     assert result["features"] == {"source": "block", "layer": 2, "blocks": 3, "map": "64×4×4",
                                   "pool": "adaptive average to 2×2", "dim": 64 * 4, "l2_normalised": False}
     assert result["metrics"]["LINEAR"] > 0.6  # chance is 0.1: pooled conv maps of digits separate well
+    assert set(result["metrics"]) == {"LINEAR"} and result["probe"]["train_accuracy"] >= result["metrics"]["LINEAR"]
     assert result["labels_used_in_training"] is False and result["labels_used_by_probe"] is True
 
 

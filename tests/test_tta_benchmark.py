@@ -167,6 +167,23 @@ def test_a_tiny_budget_run_on_mnist_writes_a_valid_result(tmp_path):
 
 
 @pytest.mark.skipif(not DATA.is_dir(), reason=f"real MNIST not found at {DATA} (see ../shared/data/README)")
+def test_a_run_trained_on_labels_is_recorded_as_one(tmp_path):
+    """The supervised reference trains on labels: its file must say so (it said false, a fixed value,
+    until 2026-12-07) and keep each seed's Hungarian-matched ACC beside the plain accuracy that ACC then
+    is (in per_seed, as seeds.py does: RESULTS.md's metrics have no ACC_HUNGARIAN)."""
+    out = tmp_path / "sup.json"
+    done = run_tta(ROOT / "configs" / "mnist" / "supervised_mlp.yaml", tmp_path / "runs", out, "--no-curve",
+                   "--set", "train.epochs=1", "--set", "method.backbone_options.width=64")
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["labels_used_in_training"] is True
+    assert result["per_seed"][0]["ACC_HUNGARIAN"] >= result["per_seed"][0]["ACC"] > 0.5
+    if VALIDATOR.is_file():
+        check = subprocess.run([sys.executable, str(VALIDATOR), str(out)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason=f"real MNIST not found at {DATA} (see ../shared/data/README)")
 def test_a_chain_of_time_limited_calls_gives_the_result_of_one_process(tmp_path):
     """With --time-limit far below one epoch every call trains one epoch and exits 75; the same command,
     repeated, ends with the metrics and curve epochs of one uninterrupted process, and a wall time summed

@@ -93,6 +93,8 @@ class SCAN(MultiHeadClustering):
             raise ValueError(f"neighbours_from must be 'pretrained', 'pixels' or 'auto', not {neighbours_from!r}")
         if neighbours_from == "pretrained" and pretrained is None:
             raise ValueError("neighbours_from='pretrained' needs a previous stage")
+        if num_neighbours < 1:
+            raise UserError(f"config key 'method.num_neighbours' must be at least 1, got {num_neighbours}")
         if pixel_space not in PIXEL_SPACES:
             raise ValueError(f"pixel_space must be one of {', '.join(PIXEL_SPACES)}, not {pixel_space!r}")
         check_neighbour_space(neighbour_space, pretrained if neighbours_from == "pretrained" else None)

@@ -45,6 +45,8 @@ class SelfLabel(Method):
             name = getattr(pretrained, "name", "nothing")
             raise UserError(f"selflabel continues a clustering stage with cluster heads (scan, iic, two_stage), "
                             f"not {name}")
+        if not 0 <= threshold < 1:  # at 1 or above no prediction is ever confident: the stage would train nothing
+            raise UserError(f"config key 'method.threshold' must be in [0, 1), got {threshold}")
         self.threshold, self.balance = threshold, balance
         self.weak = Augment(weak_augment, size=image_size, channels=in_channels)
         self.strong = Augment(strong_augment, size=image_size, channels=in_channels)

@@ -6,6 +6,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from labelless.errors import UserError
+
+
+def check_head_count(heads: int) -> None:
+    if heads < 1:
+        raise UserError(f"config key 'method.heads' must be at least 1, got {heads}")
+
 
 class ClusterHeads(nn.Module):
     """H independent linear cluster heads (SCAN, IIC): features N×D → H tensors of N×K logits.
@@ -15,6 +22,7 @@ class ClusterHeads(nn.Module):
 
     def __init__(self, in_features: int, k: int, heads: int = 1) -> None:
         super().__init__()
+        check_head_count(heads)
         self.heads = nn.ModuleList([nn.Linear(in_features, k) for _ in range(heads)])
 
     def forward(self, features: Tensor) -> list[Tensor]:
@@ -27,6 +35,7 @@ class HeadSelector(nn.Module):
 
     def __init__(self, heads: int) -> None:
         super().__init__()
+        check_head_count(heads)
         self.register_buffer("loss_sum", torch.zeros(heads, dtype=torch.float64))
         self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
         self.register_buffer("last_mean", torch.zeros(heads, dtype=torch.float64))

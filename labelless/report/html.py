@@ -152,8 +152,11 @@ def _metrics_section(run: Run, labels: np.ndarray, clusters: np.ndarray, probabi
     protocol = [
         ("split scored", f"{split} ({len(labels)} images)"),
         ("head selection", "lowest training loss (multi-head methods); no label involved"),
-        ("labels used in training", "false" if not labelled else f"true: {labelled:.1%} of the images"),
-        ("cluster → class mapping", "Hungarian (one-to-one) for ACC; majority vote for ACC_VOTE"),
+        ("labels used in training", "false" if not run.labels_used else
+         f"true: {labelled:.1%} of the images" if labelled else "true: every training image (supervised reference)"),
+        ("cluster → class mapping", "Hungarian (one-to-one) for ACC; majority vote for ACC_VOTE"
+         + ("; metrics.json's ACC is the plain accuracy (cluster c was trained as class c), its Hungarian-matched "
+            "ACC is this table's" if run.labels_used else "")),
     ]
     cells = "".join(f"<tr><th>{_e(k)}</th><td>{v:.4f}</td></tr>" for k, v in metrics.items())
     if per_head:
@@ -162,7 +165,7 @@ def _metrics_section(run: Run, labels: np.ndarray, clusters: np.ndarray, probabi
             "<table class='facts'><caption>Protocol</caption>"
             + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in protocol)
             + "</table></div><p class='note'>CONFIDENT_FRACTION / ACC_CONFIDENT: images whose top probability is "
-              "≥ 0.9.</p></section>")
+              "above 0.9.</p></section>")
 
 
 def _gallery_section(k: int, images: np.ndarray, clusters: np.ndarray, confidence: np.ndarray,
