@@ -92,6 +92,19 @@ def format_scores(scores: list[KScore], chosen: int) -> str:
     return "\n".join(lines)
 
 
+def second_opinion(scores: list[KScore], chosen: int) -> str | None:
+    """A line for the user when silhouette and stability agree on one K and the rule chose another: over
+    a wide range Davies-Bouldin keeps improving with K and its rank can outvote both (three well separated
+    groups of images, range 2..30: both picked 3, the rule 22). The rule is kept: on the MNIST subsets of
+    benchmarks/k_recovery.py no alternative tried (highest silhouette; this agreement overriding the mean
+    rank; products and thresholds of the criteria) did better across pixel spaces."""
+    best = {name: min(scores, key=lambda s: (-getattr(s, name), s.k)).k for name in ("silhouette", "stability")}
+    if best["silhouette"] != best["stability"] or best["silhouette"] == chosen:
+        return None
+    return (f"K = {best['silhouette']} has both the highest silhouette and the highest stability; the mean rank "
+            f"chose {chosen}. If {best['silhouette']} groups fit your images, pass --k {best['silhouette']}")
+
+
 def _kmeans(k: int, seed: int) -> KMeans:
     return KMeans(n_clusters=k, n_init=3, random_state=seed)
 

@@ -26,7 +26,7 @@ from labelless.data.stores import ImageStore, partial_labels, to_float
 from labelless.errors import UserError
 from labelless.evaluate.knn import knn_accuracy
 from labelless.evaluate.metrics import cluster_metrics
-from labelless.kselect import RULE, format_scores, scores_table, select_k
+from labelless.kselect import RULE, format_scores, scores_table, second_opinion, select_k
 from labelless.methods.base import Method
 from labelless.methods.scan import PIXEL_SPACES, pixel_space_features
 from labelless.registry import METHODS, NEEDS_PREVIOUS_STAGE
@@ -206,10 +206,13 @@ def choose_k(config: RunConfig, embedding_stage: Method | None, store: ImageStor
     k = rank_0_value(k)  # under torchrun each rank's BatchNorm statistics, so its embedding, differ
     if not distributed_info().is_main:
         return k
+    note = second_opinion(scores, k)
     print(f"labelless: --k auto on {source} ({len(images)} images), K range {wanted[0]}..{wanted[1]}; "
-          f"rule: {RULE}\n{format_scores(scores, k)}\nlabelless: chose K = {k}", file=sys.stderr)
+          f"rule: {RULE}\n{format_scores(scores, k)}\nlabelless: chose K = {k}"
+          + (f"\nlabelless: note: {note}" if note else ""), file=sys.stderr)
     path.write_text(json.dumps({"k": k, "k_range": wanted, "embedding": source, "images": len(images),
-                                "seed": seed, "rule": RULE, "scores": scores_table(scores)}, indent=2) + "\n")
+                                "seed": seed, "rule": RULE, **({"note": note} if note else {}),
+                                "scores": scores_table(scores)}, indent=2) + "\n")
     return k
 
 

@@ -32,6 +32,19 @@ def test_digit_subsets(true_k, allowed):
     assert set(row) == {"k", "silhouette", "davies_bouldin", "stability", "mean_rank"}
 
 
+def test_a_k_that_silhouette_and_stability_agree_on_is_pointed_out_when_the_rule_chose_another():
+    """Three shape groups of a folder, range 2..30: K 3 had the best silhouette and stability, the mean
+    rank (Davies-Bouldin improving with K) chose 22. The note names 3 and the --k that takes it."""
+    from labelless.kselect import KScore, second_opinion
+
+    scores = [KScore(2, 0.40, 1.0, 0.90), KScore(3, 0.54, 0.9, 1.00), KScore(22, 0.30, 0.5, 0.95)]
+    note = second_opinion(scores, 22)
+    assert note is not None and note.startswith("K = 3 has both") and note.endswith("pass --k 3")
+    assert second_opinion(scores, 3) is None  # the rule agreed
+    scores[0].stability = 1.0  # stability now best at 2 (ties go to the smaller K): no agreement, no note
+    assert second_opinion(scores, 22) is None
+
+
 def test_k_range_parsing():
     assert parse_k_range("2..30") == range(2, 31)
     for bad in ("1..5", "5..3", "2-30", "a..b"):
