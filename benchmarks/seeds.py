@@ -11,6 +11,8 @@ chain: with `--time-limit MIN --run-root DIR`, seed S trains in DIR/seedS with `
 this command exits 75 when the time is up (the seed's last epoch checkpointed), and the *same command*,
 repeated, continues; finished seeds are kept in DIR/seeds_chain.json and skipped. A seed's wall time is
 then the sum of its calls' (start-ups counted every call) and `chained_calls` says how many it took.
+Without `--run-root` (and without a `--run-dir` in the command) each seed trains in a fresh temporary
+directory, deleted at the end: never in a directory an earlier job left behind.
 
     python benchmarks/seeds.py --seeds 0 --time-limit 8.5 --run-root /root/runs/lsd_c --out lsd_c.json -- \
         train --config configs/cifar10/lsd_c.yaml --device cuda
@@ -25,10 +27,13 @@ epochs, device), and each per-seed entry keeps the commit it was made at.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -143,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         print("--time-limit needs --run-root: the chain's checkpoints must outlive the call", file=sys.stderr)
         return 2
     started = time.perf_counter()
+    scratch = tempfile.mkdtemp(prefix="labelless-seeds-")  # without --run-root, the seeds' run directories
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
     state_path = Path(args.run_root) / "seeds_chain.json" if args.run_root else None
     state = json.loads(state_path.read_text()) if state_path is not None and state_path.is_file() else {}
     runs, ran_a_seed = [], False
@@ -152,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
             extra = []
             if args.run_root:
                 extra = ["--run-dir", str(Path(args.run_root) / f"seed{seed}"), "--resume"]
+            elif "--run-dir" not in command:  # a fresh directory per seed: never a run left from an earlier job
+                extra = ["--run-dir", str(Path(scratch) / f"seed{seed}")]
             if args.time_limit is not None:
                 left = args.time_limit * 60 - (time.perf_counter() - started)
                 if ran_a_seed and left < 60:  # the first seed a call trains always starts: progress

@@ -154,7 +154,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def _scores(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if k.isupper() or k in ("n", "k", "split", "dataset")}
+    return {k: v for k, v in metrics.items() if k.isupper() or k in ("n", "k", "split", "dataset", "seed")}
 
 
 def _run_result(run, metrics: dict, dataset: str, train_split: str, also: dict | None = None,

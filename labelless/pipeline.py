@@ -403,7 +403,8 @@ def evaluate(run: Run, store: ImageStore, split: str, dataset: str, train_store:
         features = torch.nn.functional.normalize(run.embed(store.images), dim=1)
         predictions, probabilities = kmeans_predictions(features, run.k, run.config.seed), None
     write_predictions(run.run_dir / f"predictions{tag}.csv", predictions, probabilities, store.paths)
-    result: dict = {"dataset": dataset, "split": split, "n": len(store), "k": run.k}
+    result: dict = {"dataset": dataset, "split": split, "n": len(store), "k": run.k, "seed": run.config.seed,
+                    "labels_used_in_training": run.labels_used}
     if store.labels is not None:
         labels = store.labels.cpu().numpy()
         probs = probabilities.numpy() if probabilities is not None else None

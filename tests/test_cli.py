@@ -31,7 +31,9 @@ def test_run_on_digits_writes_the_run_directory_and_json(capsys, tmp_path):
     assert JSON_KEYS <= set(result)
     assert result["n"] == 1797 and result["k"] == 10 and result["split"] == "all" and result["dataset"] == "digits"
     # measured 0.534 after 2 + 1 epochs; random clusters score ≈ 0.12 on digits
-    assert 0.35 < result["ACC"] <= 1 and result["labels_used_in_training"] is False
+    assert 0.35 < result["ACC"] <= 1 and result["labels_used_in_training"] is False and result["seed"] == 0
+    saved = json.loads((tmp_path / "metrics.json").read_text())  # the run directory alone says how it was made
+    assert saved["seed"] == 0 and saved["labels_used_in_training"] is False and saved["split"] == "all"
     for name in ("config.yaml", "metrics.jsonl", "predictions.csv", "model.safetensors", "metrics.json",
                  "artefacts/neighbour_indices.pt", "checkpoints/cluster.pt", "checkpoints/selflabel.pt"):
         assert (tmp_path / name).exists(), name
