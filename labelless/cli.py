@@ -410,6 +410,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         height, width = run.image_size
         print(f"labelless: {predictions.resized} image(s) resized to the run's input size {width}×{height} "
               "(short side + centre crop, as in training)", file=sys.stderr)
+    if predictions.converted:
+        wanted = "grey" if run.channels == 1 else "colour"
+        print(f"labelless: {predictions.converted} image(s) converted to {wanted}, the run's input "
+              f"({run.channels} channel{'s' if run.channels > 1 else ''}): clusters learnt on "
+              f"{wanted} images may not fit them", file=sys.stderr)
     skipped_list = None
     if predictions.skipped:
         skipped_list = out.with_name(out.stem + ".skipped.txt")

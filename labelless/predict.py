@@ -184,6 +184,7 @@ class ImageBatch:
     images: Tensor  # N×H×W×C uint8 at the run's size and channels
     paths: list[str]
     resized: int  # how many of them had another native size
+    converted: int = 0  # how many were grey for a colour run, or colour for a grey one
 
 
 @dataclass
@@ -192,6 +193,7 @@ class Predictions:
     probabilities: Tensor  # N×K
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     resized: int = 0
+    converted: int = 0  # grey ↔ colour to the run's channels
 
     @property
     def clusters(self) -> Tensor:
@@ -209,41 +211,43 @@ def iter_image_batches(files: Sequence[str], image_size: tuple[int, int], channe
     size = (image_size[1], image_size[0])  # the reader speaks (width, height)
     mode = "L" if channels == 1 else "RGB"
 
-    def decode(file: str) -> tuple[np.ndarray | None, str, bool]:
+    def decode(file: str) -> tuple[np.ndarray | None, str, bool, bool]:
         header, reason = folder._header(file, max_pixels)
         if header is None:
-            return None, reason, False
+            return None, reason, False, False
         array, reason = folder._decode(file, size, mode)
-        return array, reason, header.size != size
+        return array, reason, header.size != size, header.gray != (channels == 1)
 
     with folder._bomb_guard_lifted(), ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         for start in range(0, len(files), batch_size):
             chunk = files[start:start + batch_size]
-            arrays, paths, resized = [], [], 0
-            for file, (array, reason, was_resized) in zip(chunk, pool.map(decode, chunk)):
+            arrays, paths, resized, converted = [], [], 0, 0
+            for file, (array, reason, was_resized, was_converted) in zip(chunk, pool.map(decode, chunk)):
                 if array is None:
                     skipped.append((file, reason))
                     continue
                 arrays.append(array.reshape(image_size[0], image_size[1], channels))
                 paths.append(file)
                 resized += was_resized
+                converted += was_converted
             if arrays:
-                yield ImageBatch(torch.from_numpy(np.stack(arrays)), paths, resized)
+                yield ImageBatch(torch.from_numpy(np.stack(arrays)), paths, resized, converted)
 
 
 def predict_files(run: Run, inputs: Sequence[str | os.PathLike], batch_size: int = 256) -> Predictions:
     """Cluster probabilities for every readable image among `inputs` (files and folders)."""
     files = list_image_files(inputs)
     skipped: list[tuple[str, str]] = []
-    paths, chunks, resized = [], [], 0
+    paths, chunks, resized, converted = [], [], 0, 0
     for batch in iter_image_batches(files, run.image_size, run.channels, batch_size, skipped):
         chunks.append(run.probabilities(batch.images))
         paths += batch.paths
         resized += batch.resized
+        converted += batch.converted
     if not paths:
         first = f" (first: {folder._shown(skipped[0][0])}: {skipped[0][1]})" if skipped else ""
         raise UserError(f"none of the {len(files)} files is an image Pillow can read{first}")
-    return Predictions(paths, torch.cat(chunks), sorted(skipped), resized)
+    return Predictions(paths, torch.cat(chunks), sorted(skipped), resized, converted)
 
 
 # ---------------------------------------------------------------------------------------- outputs

@@ -72,6 +72,7 @@ def test_predict_folder_writes_csv_and_sorts(tiny_run, image_folder, tmp_path, c
     assert code == 0
     assert "skipped 1 unreadable file(s)" in err and "notes.txt" in err
     assert "5 image(s) resized to the run's input size 8×8" in err
+    assert "labelless: 5 image(s) converted to grey, the run's input (1 channel)" in err  # the big*.png are RGB
     with open(out, newline="", encoding="utf-8", errors="surrogateescape") as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["path", "cluster", "confidence"] + [f"prob_{c}" for c in range(run.k)]
