@@ -246,8 +246,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     config.dataset.options.update({k: v for k, v in _folder_options(args).items() if v is not None})
     if args.split:
         config.dataset.eval_split = args.split
-    args.run_dir = args.run_dir or str(Path("runs") / f"{config.name}-seed{args.seed}")
+    args.run_dir = args.run_dir or _default_run_dir(Path("runs") / f"{config.name}-seed{args.seed}", args.resume)
     return _train_and_evaluate(config, args, k_range)
+
+
+def _default_run_dir(base: Path, resume: bool) -> str:
+    """`base`, or, when it holds an earlier trained run and this is no --resume, the first free
+    `base-2`, `base-3`, … (said on stderr): a second `make run`, or a second folder, never overwrites the
+    first run and never fails for it. An explicit --run-dir holding a run is refused instead."""
+    from labelless.pipeline import holds_run
+
+    if resume or not holds_run(base):
+        return str(base)
+    n = 2
+    while holds_run(base.with_name(f"{base.name}-{n}")) or base.with_name(f"{base.name}-{n}").is_file():
+        n += 1
+    chosen = base.with_name(f"{base.name}-{n}")
+    print(f"labelless: {base} holds an earlier run; this one goes to {chosen} (--run-dir DIR to choose)", file=sys.stderr)
+    return str(chosen)
 
 
 def _labelled_override(args: argparse.Namespace) -> list[str]:
@@ -266,7 +282,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = [f"{key}={value}" for key, value in (("k", k), ("seed", args.seed), ("device", args.device))
                  if value is not None] + _labelled_override(args)
     config = load_config(args.config, (args.set or []) + overrides)
-    args.run_dir = args.run_dir or str(Path("runs") / (config.name + (f"-seed{args.seed}" if args.seed is not None else "")))
+    args.run_dir = args.run_dir or _default_run_dir(
+        Path("runs") / (config.name + (f"-seed{args.seed}" if args.seed is not None else "")), args.resume)
     return _train_and_evaluate(config, args, k_range)
 
 

@@ -331,6 +331,11 @@ def train(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool 
     return run
 
 
+def holds_run(run_dir: Path) -> list[str]:
+    """What in `run_dir` a new run would overwrite: its model and checkpoints (empty: nothing)."""
+    return [name for name in ("model.safetensors", "checkpoints") if (run_dir / name).exists()]
+
+
 def check_run_dir(run_dir: Path, config: RunConfig, resume: bool) -> None:
     """Refuse, in one line and before any work, a run directory that cannot hold this run: a path that
     is a file or cannot be created; without `resume`, one that already holds a trained run (its model
@@ -342,7 +347,7 @@ def check_run_dir(run_dir: Path, config: RunConfig, resume: bool) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(f"cannot create the run directory '{run_dir}': {error.strerror or error}") from None
-    trained = [name for name in ("model.safetensors", "checkpoints") if (run_dir / name).exists()]
+    trained = holds_run(run_dir)
     if not resume:
         if trained:
             raise UserError(f"'{run_dir}' already holds a run ({', '.join(trained)}): --resume continues it, "

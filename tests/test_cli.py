@@ -230,8 +230,9 @@ def test_run_on_a_folder_lists_its_skipped_files_in_the_run_directory(capsys, tm
 
 
 def test_a_run_directory_is_never_overwritten_or_resumed_on_other_data(capsys, tmp_path, monkeypatch):
-    """Every folder trains into runs/cpu-seed0 unless told otherwise: a second run there is refused
-    (the first model stays), and so is --resume on other data, before any file of the run changes. The
+    """Every folder trains into runs/cpu-seed0 unless told otherwise: a second run goes to runs/cpu-seed0-2,
+    a run directory named explicitly that holds a run is refused (the first model stays), and so is
+    --resume on other data, before any file of the run changes. The
     folder is recorded as an absolute path, so that `report` works from any directory."""
     monkeypatch.chdir(tmp_path)
     _random_images(tmp_path / "images", 48)
@@ -243,9 +244,13 @@ def test_a_run_directory_is_never_overwritten_or_resumed_on_other_data(capsys, t
     from labelless.config import load_config
     assert load_config(run_dir / "config.yaml").dataset.name == f"folder:{tmp_path / 'images'}"
     files = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
-    code, _, err = run_cli(capsys, *argv)
+    code, out, err = run_cli(capsys, *argv, "--json")  # the same command again: the next free default name
+    assert code == 0 and json.loads(out)["run_dir"] == str(Path("runs") / "cpu-seed0-2")
+    assert f"labelless: {Path('runs') / 'cpu-seed0'} holds an earlier run; this one goes to " \
+           f"{Path('runs') / 'cpu-seed0-2'} (--run-dir DIR to choose)" in err.splitlines()
+    code, _, err = run_cli(capsys, *argv, "--run-dir", str(run_dir))  # named explicitly: refused
     assert code == 2 and len(err.strip().splitlines()) == 1
-    assert f"'{Path('runs') / 'cpu-seed0'}' already holds a run (model.safetensors, checkpoints): --resume" in err
+    assert f"'{run_dir}' already holds a run (model.safetensors, checkpoints): --resume" in err
     _random_images(tmp_path / "other", 48)
     code, _, err = run_cli(capsys, "run", "--dataset", "folder:other", "--device", "cpu", "--k", "2",
                            "--no-report", "--resume", *sets)
