@@ -259,9 +259,8 @@ def _default_run_dir(base: Path, resume: bool) -> str:
     if resume or not holds_run(base):
         return str(base)
     n = 2
-    while holds_run(base.with_name(f"{base.name}-{n}")) or base.with_name(f"{base.name}-{n}").is_file():
+    while holds_run(chosen := base.with_name(f"{base.name}-{n}")) or chosen.is_file():
         n += 1
-    chosen = base.with_name(f"{base.name}-{n}")
     print(f"labelless: {base} holds an earlier run; this one goes to {chosen} (--run-dir DIR to choose)", file=sys.stderr)
     return str(chosen)
 
@@ -401,7 +400,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from labelless.data.folder import _shown
+    from labelless.data.folder import _shown, write_skip_list
     from labelless.predict import (
         check_sort_target,
         check_writable,
@@ -435,8 +434,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     skipped_list = None
     if predictions.skipped:
         skipped_list = out.with_name(out.stem + ".skipped.txt")
-        with open(skipped_list, "w", encoding="utf-8", errors="surrogateescape") as f:
-            f.writelines(f"{p}\t{why}\n" for p, why in predictions.skipped)
+        write_skip_list(skipped_list, predictions.skipped)
         listed = ", ".join(f"{_shown(p)} ({why})" for p, why in predictions.skipped[:5])
         more = f" and {len(predictions.skipped) - 5} more" if len(predictions.skipped) > 5 else ""
         print(f"labelless: skipped {len(predictions.skipped)} unreadable file(s): {listed}{more}; "

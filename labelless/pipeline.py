@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from labelless.config import RunConfig, coerce, save_config
+from labelless.data.folder import write_skip_list
 from labelless.data.sources import load_dataset
 from labelless.data.stores import ImageStore, partial_labels, to_float
 from labelless.errors import UserError
@@ -287,7 +288,7 @@ def train(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool 
         save_config(config, run_dir / "config.yaml")
     if store.skipped and main:
         listed = run_dir / "skipped_files.txt"
-        listed.write_text("".join(f"{path}\t{reason}\n" for path, reason in store.skipped))
+        write_skip_list(listed, store.skipped)
         print(f"labelless: the {len(store.skipped)} skipped file(s), each with its reason: {listed}", file=sys.stderr)
     previous: Method | None = None
     head_choice: dict = {}
@@ -381,7 +382,8 @@ def check_resumed_epochs(config: RunConfig, run_dir: Path) -> None:
         if not path.is_file():
             continue
         try:
-            trained = int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
+            # mmap: the tensors stay on disk, only the epoch is read (the Trainer loads the file for real)
+            trained = int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
         except Exception:  # noqa: BLE001 — the Trainer's load_checkpoint says why the file cannot be used
             continue
         if trained > stage.train.epochs:

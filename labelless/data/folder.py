@@ -401,6 +401,13 @@ def _labels(headers: list[_Header]) -> tuple[torch.Tensor, list[str]]:
     return torch.tensor([index[h.class_folder] for h in headers], dtype=torch.int64), class_names
 
 
+def write_skip_list(path: Path | str, skipped: list[tuple[str, str]]) -> None:
+    """One `path<TAB>reason` line per skipped file (`run`'s skipped_files.txt, `predict`'s OUT.skipped.txt);
+    file names keep undecodable bytes (surrogateescape), as the predictions CSV does."""
+    with open(path, "w", encoding="utf-8", errors="surrogateescape") as f:
+        f.writelines(f"{file}\t{reason}\n" for file, reason in skipped)
+
+
 def _warn_skipped(root: str, skipped: list[tuple[str, str]]) -> None:
     if not skipped:
         return
