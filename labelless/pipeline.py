@@ -236,20 +236,28 @@ def _weak_labels(config: RunConfig, store: ImageStore, k: int | None) -> Tensor 
 
 
 def with_min_steps(config: RunConfig, n: int, say: bool = True) -> RunConfig:
-    """`config` with each stage's epochs raised, where it sets `train.min_steps`, to reach that many
-    optimiser steps on `n` images: a small folder gets about the training its recipe had on the datasets
-    it was measured on. config.yaml, the run's JSON and every resumed call see the raised count."""
+    """`config` fitted to `n` images: a stage whose batch is larger than the dataset trains on batches
+    of all `n` images (a folder of 300 images is not refused for a recipe's batch of 512), and each
+    stage's epochs are raised, where it sets `train.min_steps`, to reach that many optimiser steps: a
+    small folder gets about the training its recipe had on the datasets it was measured on.
+    config.yaml, the run's JSON and every resumed call see the fitted values."""
     stages = []
+    world = distributed_info().world_size
     for stage in config.stages:
         t = stage.train
-        per_epoch = steps_per_epoch(n, t.batch_size, distributed_info().world_size, t.drop_last)
+        if world <= n < t.batch_size:
+            if say:
+                print(f"labelless: stage '{stage.name}': {n} images, fewer than a batch of {t.batch_size}, "
+                      f"so batches of {n}", file=sys.stderr)
+            t = dataclasses.replace(t, batch_size=n)
+        per_epoch = steps_per_epoch(n, t.batch_size, world, t.drop_last)
         if t.min_steps is not None and 0 < per_epoch and per_epoch * t.epochs < t.min_steps:
             epochs = math.ceil(t.min_steps / per_epoch)
             if say:
                 print(f"labelless: stage '{stage.name}': {n} images make {per_epoch} step(s) an epoch, so "
                       f"{epochs} epochs instead of {t.epochs} (train.min_steps {t.min_steps})", file=sys.stderr)
-            stage = dataclasses.replace(stage, train=dataclasses.replace(t, epochs=epochs))
-        stages.append(stage)
+            t = dataclasses.replace(t, epochs=epochs)
+        stages.append(dataclasses.replace(stage, train=t) if t is not stage.train else stage)
     return dataclasses.replace(config, stages=stages)
 
 

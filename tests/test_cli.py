@@ -203,15 +203,19 @@ def test_a_small_folder_trains_min_steps_and_the_run_records_the_raised_epochs(c
     assert max(line["epoch"] for line in logged if "epoch" in line) == 2  # 0-based: three epochs trained
 
 
-def test_a_folder_smaller_than_one_batch_is_told_an_override_that_works(capsys, tmp_path):
+def test_a_folder_smaller_than_one_batch_trains_on_batches_of_all_its_images(capsys, tmp_path):
+    """configs/cpu.yaml's batch is 512: 48 images are not refused, they train in batches of 48 (said on
+    stderr, recorded in config.yaml), and min_steps then counts those one-step epochs."""
     images = _random_images(tmp_path / "images", 48)
-    code, _, err = _run_on_folder(capsys, images, tmp_path / "refused", "stages.0.train.min_steps=null")
-    assert code == 2
-    assert err.strip().endswith("the dataset has 48 images, less than one batch of 512: "
-                                "lower it, e.g. --set train.batch_size=32")
-    code, out, _ = _run_on_folder(capsys, images, tmp_path / "run", "stages.0.train.min_steps=null",
-                                  "train.batch_size=32")
-    assert code == 0 and json.loads(out)["n"] == 48
+    run_dir = tmp_path / "run"
+    code, out, err = _run_on_folder(capsys, images, run_dir, "stages.0.train.min_steps=3")
+    assert code == 0 and json.loads(out)["n"] == 48 and json.loads(out)["epochs"] == 3
+    lines = err.splitlines()
+    assert "labelless: stage 'cluster': 48 images, fewer than a batch of 512, so batches of 48" in lines
+    assert "labelless: stage 'cluster': 48 images make 1 step(s) an epoch, so 3 epochs instead of 1 " \
+           "(train.min_steps 3)" in lines
+    from labelless.config import load_config
+    assert load_config(run_dir / "config.yaml").stages[0].train.batch_size == 48
 
 
 def test_run_on_a_folder_lists_its_skipped_files_in_the_run_directory(capsys, tmp_path):

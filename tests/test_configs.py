@@ -100,8 +100,11 @@ def test_config_trains_every_stage_and_evaluates(path: Path, tmp_path):
 
 def test_the_cpu_recipe_raises_epochs_on_small_data_only():
     """configs/cpu.yaml's min_steps leaves the datasets its README rows were measured on at 30 epochs
-    (CIFAR-10's 50k and MNIST's 60k train images, batch 512) and gives a 3,000-image folder 580."""
+    (CIFAR-10's 50k and MNIST's 60k train images, batch 512) and gives a 3,000-image folder 580;
+    a 300-image folder trains in batches of 300, one step an epoch."""
     config = load_config(PROJECT_CONFIGS / "cpu.yaml")
     for images, epochs in ((50_000, 30), (60_000, 30), (45_000, 34), (3_000, 580)):
         assert with_min_steps(config, images, say=False).stages[0].train.epochs == epochs, images
+    small = with_min_steps(config, 300, say=False).stages[0].train  # fewer images than one batch of 512
+    assert (small.batch_size, small.epochs) == (300, config.stages[0].train.min_steps)
     assert config.stages[0].train.epochs == 30  # the loaded config itself is left as it was
