@@ -44,6 +44,7 @@ CHECKPOINT_FORMAT = "labelless-checkpoint"
 CHECKPOINT_VERSION = 1
 COLLAPSE_FRACTION = 0.9  # one cluster holding more than this share of the sample → warning
 COLLAPSE_SAMPLE = 2048  # images in the fixed sample the collapse check predicts on
+STEPS_FOR_A_BAR_PER_EPOCH = 20  # shorter epochs share one progress bar that counts epochs
 
 
 @dataclass
@@ -540,11 +541,15 @@ class Trainer:
             raise TimeLimitReached(self.stage.name, epoch, self.train.epochs, self.checkpoint_path)
         step_fn = self._step_function(method)
         log = _RunLog(self, first_epoch=epoch, first_step=step)
+        # Epochs of a few steps (a small folder trains hundreds of them) share one bar counting epochs;
+        # longer epochs get a bar each, counting steps.
+        stage_bar = self._progress_bar(epoch, self.train.epochs, "epoch") \
+            if self.steps_per_epoch < STEPS_FOR_A_BAR_PER_EPOCH else None
         try:
             clock = _StageClock(self.steps_per_epoch * (self.train.epochs - epoch))
             for epoch in range(epoch, self.train.epochs):
                 started = time.monotonic()
-                step = self._run_epoch(epoch, step, method, step_fn, optimizer, ema, log, clock)
+                step = self._run_epoch(epoch, step, method, step_fn, optimizer, ema, log, clock, stage_bar)
                 if self.on_epoch_end is not None and self.dist.is_main:
                     with ema.swapped_in() if ema is not None else nullcontext():
                         method.eval()  # the observer evaluates: BatchNorm statistics and dropout stay untouched
@@ -560,6 +565,8 @@ class Trainer:
                     raise TimeLimitReached(self.stage.name, done, self.train.epochs, self.checkpoint_path)
         finally:
             log.close()
+            if stage_bar is not None:
+                stage_bar.close()
         if ema is not None:
             ema.copy_to_model()
         if self.dist.is_main:
@@ -591,8 +598,9 @@ class Trainer:
         return nullcontext()
 
     def _run_epoch(self, epoch: int, step: int, method: Method, step_fn: Any, optimizer: torch.optim.Optimizer,
-                   ema: WeightEMA | None, log: _RunLog, clock: _StageClock) -> int:
-        """One epoch; returns the global step after it."""
+                   ema: WeightEMA | None, log: _RunLog, clock: _StageClock, stage_bar: Any = None) -> int:
+        """One epoch; returns the global step after it. Its progress goes to a bar of its own, or, when
+        `stage_bar` is given (a bar counting the stage's epochs), to that one at the epoch's end."""
         train, spe = self.train, self.steps_per_epoch
         started = time.perf_counter()
         _seed_everything(derived_seed(self.seed, self._stage_key, epoch, 1, self.dist.rank))
@@ -604,7 +612,7 @@ class Trainer:
         losses = torch.zeros(len(batches), device=self.device)  # kept on the device: no sync per step
         means = _Means()
         params = [p for group in optimizer.param_groups for p in group["params"]]
-        bar = self._progress_bar(epoch, len(batches))
+        bar = self._progress_bar(epoch, len(batches)) if stage_bar is None else _NO_BAR
         steps_started, checked = time.perf_counter(), 0
         try:
             for i, rows in enumerate(batches):
@@ -637,6 +645,9 @@ class Trainer:
             self._check_collapse(method, epoch, line)
         line["seconds"] = time.perf_counter() - started
         log.epoch(line)
+        if stage_bar is not None:
+            stage_bar.update(1)
+            stage_bar.set_postfix(loss=f"{line['loss']:.4f}", eta=clock.eta())
         return step
 
     def _train_step(self, step: int, rows: Tensor, step_fn: Any, optimizer: torch.optim.Optimizer,
@@ -724,12 +735,17 @@ class Trainer:
                           f"{len(self._collapse_rows)} images fall in one cluster; the clustering may be "
                           f"collapsing", CollapseWarning, stacklevel=4)  # points at the caller of fit()
 
-    def _progress_bar(self, epoch: int, total: int) -> Any:
+    def _progress_bar(self, epoch: int, total: int, unit: str = "step") -> Any:
+        """A bar over epoch `epoch`'s `total` steps, or (unit "epoch") over the stage's `total` epochs,
+        starting at `epoch` (a resumed stage)."""
         from tqdm import tqdm
 
         enabled = self.progress and self.dist.is_main and sys.stderr.isatty()
-        return tqdm(total=total, desc=f"{self.stage.name} {epoch + 1}/{self.train.epochs}", unit="step",
-                    disable=not enabled, dynamic_ncols=True)
+        if unit == "step":
+            return tqdm(total=total, desc=f"{self.stage.name} {epoch + 1}/{self.train.epochs}", unit=unit,
+                        disable=not enabled, dynamic_ncols=True)
+        return tqdm(total=total, initial=epoch, desc=self.stage.name, unit=unit, disable=not enabled,
+                    dynamic_ncols=True)
 
     def _save(self, method: Method, optimizer: torch.optim.Optimizer, ema: WeightEMA | None, epochs_done: int,
               step: int) -> None:
@@ -782,6 +798,22 @@ class Trainer:
         if changed:
             warnings.warn(f"resuming stage '{self.stage.name}' with changed {', '.join(changed)}: the run is no "
                           f"longer an exact continuation", stacklevel=3)
+
+
+class _NoBar:
+    """Stands in for an epoch's bar while the stage's bar counts epochs."""
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, **values: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+_NO_BAR = _NoBar()
 
 
 class _Means:

@@ -182,6 +182,39 @@ def test_resume_after_a_crash_is_exact(tmp_path):
     assert losses == [(line["epoch"], line["loss"]) for line in metrics(tmp_path / "straight")]
 
 
+class _RecordedBar:
+    """Stands in for tqdm.tqdm: records each bar's arguments and how far it was moved."""
+    made: list["_RecordedBar"] = []
+
+    def __init__(self, total: int, initial: int = 0, unit: str = "it", **kwargs: object):
+        self.total, self.n, self.unit, self.closed = total, initial, unit, False
+        _RecordedBar.made.append(self)
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+
+    def set_postfix(self, **values: object) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize("batch_size, bars", [(16, [(4, 4, "step")] * 4), (64, [(4, 4, "epoch")])])
+def test_epochs_of_a_few_steps_share_one_progress_bar(tmp_path, monkeypatch, batch_size, bars):
+    """64 images in batches of 16: a bar per epoch, over its 4 steps (a long epoch shows its steps);
+    in batches of 64 (one step an epoch, a small folder's case): one bar over the 4 epochs, not 4 bars."""
+    import tqdm
+    monkeypatch.setattr(tqdm, "tqdm", _RecordedBar)
+    monkeypatch.setattr(sys.modules["labelless.train"], "STEPS_FOR_A_BAR_PER_EPOCH", 2)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    _RecordedBar.made = []
+    trainer = Trainer(stage(batch_size=batch_size), make_store(), tmp_path, "cpu", seed=7, progress=True)
+    trainer.fit(TinyMethod())
+    assert [(bar.total, bar.n, bar.unit) for bar in _RecordedBar.made] == bars
+    assert all(bar.closed for bar in _RecordedBar.made)
+
+
 def test_a_deadline_stops_at_epoch_ends_and_the_chain_of_calls_resumes_exactly(tmp_path):
     """Under a deadline that has passed, each call trains one epoch (every call makes progress), writes
     its checkpoint although checkpoint_every would skip it, and raises TimeLimitReached; repeating the
