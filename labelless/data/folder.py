@@ -134,7 +134,10 @@ def read_folder(path: str | os.PathLike, image_size: int | None = None, labels_f
 
 
 def _walk(root: str) -> list[str]:
-    """Non-hidden files under root, sorted by path components; links to folders are followed once each."""
+    """Non-hidden files under root, sorted by path components; links to folders are followed once each.
+    A folder reached twice (itself and a link to it, or two links) is listed under the first path of a
+    walk that takes, in each folder, real subfolders before links and each kind by name: the same
+    paths on every file system, whatever order it lists entries in."""
     seen, files = set(), []
     for folder, dirs, names in os.walk(root, followlinks=True):
         real = os.path.realpath(folder)
@@ -142,7 +145,8 @@ def _walk(root: str) -> list[str]:
             dirs.clear()
             continue
         seen.add(real)
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        dirs[:] = sorted((d for d in dirs if not d.startswith(".")),
+                         key=lambda d: (os.path.islink(os.path.join(folder, d)), d))
         files += [os.path.join(folder, n) for n in names if not n.startswith(".")]
     # by components, so 'a/x' sorts before 'a-b/x' as a file browser shows them
     return sorted(files, key=lambda f: os.path.relpath(f, root).split(os.sep))

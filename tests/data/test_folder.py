@@ -139,6 +139,19 @@ def test_labels_from_first_level_folders(tmp_path):
         assert read_folder(tmp_path, progress=False).labels is None
 
 
+def test_a_folder_and_a_link_to_it_list_its_images_once_under_the_real_path(tmp_path):
+    """'a_link' sorts before 'photos' and would be walked first in name order: the real folder wins at
+    its level, a second link is not followed again, and a link to a folder outside is followed."""
+    save(tmp_path / "root" / "photos" / "1.png", Image.fromarray(noise(8, 8)))
+    save(tmp_path / "outside" / "2.png", Image.fromarray(noise(8, 8)))
+    root = tmp_path / "root"
+    os.symlink(root / "photos", root / "a_link")
+    os.symlink(root / "photos", root / "photos" / "loop")
+    os.symlink(tmp_path / "outside", root / "z_outside")
+    store = read_folder(root, progress=False)
+    assert store.paths == [str(root / "photos" / "1.png"), str(root / "z_outside" / "2.png")]
+
+
 def test_non_utf8_names(tmp_path):
     folder = os.path.join(os.fsencode(tmp_path), b"caf\xe9")
     os.mkdir(folder)
