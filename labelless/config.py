@@ -272,6 +272,8 @@ def _set(node: dict, parts: list[str], value: Any, shown: str, schema: type | No
                 addresses += ["train.KEY (every stage)", "stages.N.method.KEY", "stages.N.train.KEY"]
             raise _unknown(".".join(done + [head]), addresses)
     if not rest:
+        if schema is not None and head not in sections:  # a bad value is named as the user spelled its key,
+            coerce(value, get_type_hints(schema)[head], shown)  # not as the stage copy it was written to
         node[head] = value
         return
     if schema is not None and head not in sections:

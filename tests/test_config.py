@@ -61,7 +61,8 @@ def test_overrides_address_run_stage_and_every_stage():
     (["stages.7.train.epochs=5"], "no stage '7'"),
     (["method.k=3"], "ambiguous"),
     (["train.lr"], "is not KEY=VALUE"),
-    (["train.lr=fast"], "config key 'stages.0.train.lr' must be a number, got 'fast'"),
+    (["train.lr=fast"], "config key 'train.lr' must be a number, got 'fast'"),  # as typed, not a stage's copy
+    (["stages.1.train.epochs=1.5"], "config key 'stages.1.train.epochs' must be an integer, got 1.5"),
     (["train.optimizer=sdg"], "must be one of sgd, adam, adamw, lars, got 'sdg' (did you mean 'sgd'?)"),
     (["seed.x=1"], "config key 'seed' is a value, not a section"),
 ])
