@@ -136,7 +136,7 @@ def run_one_seed(args: argparse.Namespace) -> dict:
     """Train and score one seed in this process; the clock is this process's START."""
     import torch
 
-    from labelless.config import load_config
+    from labelless.config import load_config, method_label
     from labelless.data.sources import load_dataset
     from labelless.data.stores import to_float
     from labelless.evaluate.metrics import cluster_metrics
@@ -219,8 +219,7 @@ def run_one_seed(args: argparse.Namespace) -> dict:
             "curve_seconds": round(side["seconds"], 1), "neighbour_agreement": agreement,
             "stage_seconds": {k: round(v, 1) for k, v in stage_seconds.items()},
             "epochs": {s.name: s.train.epochs for s in run.config.stages}, "train_images": len(store),
-            "device": device_name(str(run.device)), "curve": curve, "method": "pipeline:" + "+".join(
-                s.method["name"] for s in config.stages), "dataset": name, "chained_calls": len(calls),
+            "device": device_name(str(run.device)), "curve": curve, "method": method_label(config.stages), "dataset": name, "chained_calls": len(calls),
             "head_selection": run.head_selection, "labels_used": run.labels_used}
 
 

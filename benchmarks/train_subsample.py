@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from labelless.config import load_config
+from labelless.config import load_config, method_label
 from labelless.provenance import device_name, stamp
 from labelless.data import load_dataset
 from labelless.pipeline import evaluate, train
@@ -55,7 +55,7 @@ def main() -> None:
     metrics = evaluate(run, load_dataset(dataset.name, split=eval_split, root=dataset.root), eval_split, dataset.name)
     stages = config.stages
     record = {
-        "method": stages[0].method["name"] if len(stages) == 1 else "pipeline:" + "+".join(s.name for s in stages),
+        "method": method_label(stages),
         "dataset": dataset.name,
         "split": eval_split,
         "train_split": dataset.split or "train",

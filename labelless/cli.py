@@ -161,12 +161,13 @@ def _run_result(run, metrics: dict, dataset: str, train_split: str, also: dict |
                 overrides: list[str] | None = None) -> dict:
     """The JSON of `run`/`train` (RESULTS.md's fields): a single-stage config is named by its method,
     a pipeline by its stages; `variant` = the config's name and the overrides it ran with."""
+    from labelless.config import method_label
+
     stages = run.config.stages
     return {**_scores(metrics),
             "dataset": dataset, "train_split": train_split, "seconds": time.perf_counter() - START,
             "train_seconds": run.seconds,
-            "method": (stages[0].method["name"] if len(stages) == 1
-                       else "pipeline:" + "+".join(s.method["name"] for s in stages)),
+            "method": method_label(stages),
             "epochs": stages[0].train.epochs if len(stages) == 1 else {s.name: s.train.epochs for s in stages},
             "head_selection": run.head_selection,
             "variant": " ".join([run.config.name, *(overrides or [])]),

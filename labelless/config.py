@@ -132,6 +132,14 @@ def load_config(source: str | Path | dict, overrides: Sequence[str] = ()) -> Run
     return _build_run(normalised, single)
 
 
+def method_label(stages: Sequence[StageConfig]) -> str:
+    """What a result record calls a run's method: the method's name for one stage,
+    `pipeline:A+B+C` (the stages' method names) for several."""
+    if len(stages) == 1:
+        return stages[0].method["name"]
+    return "pipeline:" + "+".join(stage.method["name"] for stage in stages)
+
+
 def to_dict(config: RunConfig) -> dict:
     """The config as plain YAML-ready data; one-stage runs use the short `method:`/`train:` spelling."""
     data = _plain(dataclasses.asdict(config))

@@ -138,3 +138,10 @@ def test_two_stage_uc_schedule_is_expressible():
     train = load_config(ONE_STAGE, ["train.schedule=step", "train.step_start=80", "train.step_size=40",
                                     "train.gamma=0.1"]).stages[0].train
     assert isinstance(train, TrainConfig) and (train.step_start, train.step_size) == (80, 40)
+
+
+def test_a_record_names_one_stage_by_its_method_and_a_pipeline_by_its_stages_methods():
+    """By method names, not stage names: PIPELINE's second stage is called 'cluster', its method lsd_c."""
+    from labelless.config import method_label
+    assert method_label(load_config(ONE_STAGE).stages) == "simclr"
+    assert method_label(load_config(PIPELINE).stages) == "pipeline:rotnet+lsd_c"

@@ -177,6 +177,7 @@ def test_a_run_trained_on_labels_is_recorded_as_one(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(out.read_text())
     assert result["labels_used_in_training"] is True
+    assert result["method"] == "supervised"  # one stage: its method's name, as `labelless train` says
     assert result["per_seed"][0]["ACC_HUNGARIAN"] >= result["per_seed"][0]["ACC"] > 0.5
     if VALIDATOR.is_file():
         check = subprocess.run([sys.executable, str(VALIDATOR), str(out)], capture_output=True, text=True)
