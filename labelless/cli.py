@@ -299,7 +299,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise UserError(f"no predictions file at {path}")
     index, clusters, probabilities = _read_predictions(path)
-    store = load_dataset(args.dataset, split=args.split, root=args.data_root, **_folder_options(args))
+    split = args.split or _default_eval_split(args.dataset)  # the split scored is the split recorded
+    store = load_dataset(args.dataset, split=split, root=args.data_root, **_folder_options(args))
     if store.labels is None:
         raise UserError(f"dataset '{args.dataset}' has no labels to evaluate against")
     if index.max() >= len(store):
@@ -310,7 +311,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
               f"the scores cover those {len(index)} only", file=sys.stderr)
     metrics = cluster_metrics(labels, clusters, probabilities, 0.9 if probabilities is not None else None)
     k = probabilities.shape[1] if probabilities is not None else int(np.unique(clusters).size)
-    _print({**metrics, "n": len(index), "k": k, "split": args.split or _default_eval_split(args.dataset),
+    _print({**metrics, "n": len(index), "k": k, "split": split,
             "dataset": args.dataset, "seconds": time.perf_counter() - START}, args.json)
     return 0
 

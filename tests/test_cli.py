@@ -53,6 +53,19 @@ def test_evaluate_a_hand_written_csv(capsys, tmp_path):
     assert code == 0 and result["ACC"] == 1.0 and result["NMI"] == pytest.approx(1.0) and result["n"] == 100
 
 
+def test_evaluate_without_split_scores_and_records_the_test_split(capsys, cifar10_root):
+    """The tiny CIFAR-10 has 10 train and 3 test images: a CSV that predicts the test labels exactly
+    scores 1.0 on the split it names (it scored train's first three images and said "test" until
+    2026-12-07)."""
+    root, _, train_y, _, test_y = cifar10_root
+    assert list(test_y) != list(train_y[:3])  # scoring the wrong split would show
+    csv = root / "p.csv"
+    csv.write_text("index,cluster\n" + "".join(f"{i},{y}\n" for i, y in enumerate(test_y)))
+    code, out, _ = run_cli(capsys, "evaluate", str(csv), "--dataset", "cifar10", "--data-root", str(root), "--json")
+    result = json.loads(out)
+    assert code == 0 and (result["split"], result["n"], result["ACC"]) == ("test", 3, 1.0)
+
+
 def test_baseline_kmeans_on_digits(capsys):
     code, out, _ = run_cli(capsys, "baseline", "kmeans", "--dataset", "digits", "--json")
     result = json.loads(out)
