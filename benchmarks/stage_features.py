@@ -291,9 +291,13 @@ def evaluate_stage(args: argparse.Namespace, command: str) -> dict:
     elif args.knn:
         result.update(knn_result(run, store, test, split, args, trained_on, root, options, dataset, features_of))
     else:
+        from labelless.data.sources import splits_overlap
+
         train_split = args.train_split or trained_on
+        if splits_overlap(dataset, train_split, split):  # e.g. fitted on 'all', scored on 'test'
+            print(f"warning: the probe is fitted on '{train_split}', which shares images with the scored split "
+                  f"'{split}'", file=sys.stderr)
         if train_split == split:
-            print(f"warning: the probe is fitted and scored on the same split ('{split}')", file=sys.stderr)
             train_store, train = store, test
         else:
             train_store = _load_labelled(dataset, train_split, root, options, "fit the probe on")

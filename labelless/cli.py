@@ -215,11 +215,11 @@ def _train_and_evaluate(config, args: argparse.Namespace, k_range: range | None 
                 k_range=k_range, deadline=deadline)
     if not end_distributed():  # under torchrun rank 0 alone evaluates, reports and prints: one result
         return 0
-    metrics = evaluate(run, eval_store, eval_split, config.dataset.name, train_store=store)
+    metrics = evaluate(run, eval_store, eval_split, config.dataset.name, train_store=store, train_split=train_split)
     also = {}
-    for split, other in also_stores.items():  # the training split is no kNN query set against itself
+    for split, other in also_stores.items():  # no kNN for a split that shares images with the bank
         also[split] = evaluate(run, other, split, config.dataset.name, tag=f"-{split}",
-                               train_store=None if other is store else store)
+                               train_store=None if other is store else store, train_split=train_split)
     if not args.no_report:
         write_report(run.run_dir, store=eval_store, split=eval_split, device=str(run.device))
     _print(_run_result(run, metrics, config.dataset.name, train_split, also, getattr(args, "set", None)), args.json)

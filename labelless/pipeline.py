@@ -22,7 +22,7 @@ from torch import Tensor
 
 from labelless.config import RunConfig, coerce, save_config
 from labelless.data.folder import write_skip_list
-from labelless.data.sources import load_dataset
+from labelless.data.sources import load_dataset, splits_overlap
 from labelless.data.stores import ImageStore, partial_labels, to_float
 from labelless.errors import UserError
 from labelless.evaluate.knn import knn_accuracy
@@ -399,14 +399,15 @@ def check_resumed_epochs(config: RunConfig, run_dir: Path) -> None:
 
 
 def evaluate(run: Run, store: ImageStore, split: str, dataset: str, train_store: ImageStore | None = None,
-             tag: str = "") -> dict:
+             tag: str = "", train_split: str | None = None) -> dict:
     """Predict every image of `store`, write `predictions{tag}.csv`, and score it when labels exist
     (`metrics{tag}.json`; a tag such as "-train" scores a second split without overwriting the first).
 
     Labels are read here and only here, after training; a multi-head method's head was chosen by its
     loss. A pure embedding method (no cluster head) is clustered by k-means on its normalised
-    embedding, and scored by weighted kNN (k 200, τ 0.1) with `train_store` as the labelled bank —
-    give `train_store` only when `store` is another split, or every query would find itself. When labels
+    embedding, and scored by weighted kNN (k 200, τ 0.1) with `train_store` (split `train_split`) as the
+    labelled bank, unless the two share images (the same store, or splits such as `holdout` and `train`,
+    `test` and `all`): a query that finds itself in the bank would be counted right. When labels
     trained the model (supervised, weakly-supervised) cluster c is class c: ACC is then the plain
     accuracy and the Hungarian-matched one, never lower, is kept as ACC_HUNGARIAN."""
     start = time.perf_counter()
@@ -427,9 +428,12 @@ def evaluate(run: Run, store: ImageStore, split: str, dataset: str, train_store:
         if run.labels_used and run.has_clusters:
             result["ACC_HUNGARIAN"] = result["ACC"]
             result["ACC"] = float((predictions.numpy() == labels).mean())
-        # kNN needs a bank other than the queries: a query finding itself would score 100%
-        if features is not None and train_store is not None and train_store is not store \
-                and train_store.labels is not None:
+        # kNN needs a bank that holds none of the queries: a query finding itself would score 100%
+        shared = train_store is store or (train_split is not None and splits_overlap(dataset, train_split, split))
+        if features is not None and train_store is not None and shared and train_store is not store:
+            result["knn_bank"] = f"none: the scored split '{split}' shares images with the training split " \
+                                 f"'{train_split}', so no KNN"
+        if features is not None and train_store is not None and not shared and train_store.labels is not None:
             bank = run.method.knn_bank()
             if bank is not None and len(bank) == len(train_store):  # the method's own (Super-AND: memory bank)
                 bank, result["knn_bank"] = bank.detach().float().cpu(), "the method's memory bank"

@@ -487,6 +487,30 @@ def test_weak_mode_scored_on_its_training_split_says_so(capsys, tmp_path):
     assert result["ACC"] == pytest.approx(direct) and result["ACC_HUNGARIAN"] >= result["ACC"]
 
 
+@pytest.mark.parametrize("train_split, knn", [("fit", True), ("all", False)])
+def test_knn_is_scored_only_against_a_bank_that_holds_none_of_the_queries(capsys, tmp_path, train_split, knn):
+    """An embedding method scored on digits' holdout: trained on `fit`, the fit images are the kNN bank;
+    trained on `all`, which holds the holdout images, a query would find itself (a run on all scored
+    KNN 0.92 where the same embedding without its own rows gave 0.91), so no KNN, and the file says why.
+    The also-scored `all` shares images with `fit` as well."""
+    config = tmp_path / "rot.yaml"
+    config.write_text(f"name: rot\ndataset: {{name: digits, split: {train_split}, eval_split: holdout}}\n"
+                      "method: {name: rotnet, backbone: mlp}\n"
+                      "train: {epochs: 1, batch_size: 256, lr: 1.0e-3, optimizer: adam}\n")
+    extra = ["--also-score", "all"] if train_split == "fit" else []
+    code, out, _ = run_cli(capsys, "train", "--config", str(config), "--device", "cpu", "--run-dir",
+                           str(tmp_path / "run"), "--json", "--no-report", *extra)
+    assert code == 0
+    result = json.loads(out)
+    assert (result["split"], result["n"]) == ("holdout", 180)
+    assert ("KNN" in result) is knn
+    if knn:
+        assert 0.5 < result["KNN"] <= 1  # measured 0.91 after one epoch; chance is 0.1
+        assert "KNN" not in result["also_scored"]["all"]
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert ("KNN" in saved) is knn and saved["knn_bank"].startswith("none:") is not knn
+
+
 def test_tuning_trains_on_fit_and_scores_the_unseen_holdout(capsys, tmp_path):
     code, out, err = run_cli(capsys, "run", "--dataset", "digits", "--device", "cpu", "--run-dir", str(tmp_path),
                              "--split", "holdout", "--set", "dataset.split=fit", "--json", "--also-score", "fit",

@@ -242,7 +242,8 @@ def test_splits_that_share_images_are_spotted():
     from labelless.data.sources import splits_overlap
 
     for name, a, b in (("mnist", "train", "train"), ("mnist", "holdout", "train"), ("digits", "all", "fit"),
-                       ("folder:/x", "all", "holdout"), ("cifar10", "fit", "train")):
+                       ("folder:/x", "all", "holdout"), ("cifar10", "fit", "train"), ("mnist", "all", "test"),
+                       ("mnist", "all", "holdout"), ("cifar10", "all", "train")):
         assert splits_overlap(name, a, b) and splits_overlap(name, b, a), (name, a, b)
     for name, a, b in (("mnist", "fit", "holdout"), ("mnist", "train", "test"), ("cifar10", "holdout", "test"),
                        ("digits", "train", "fit")):

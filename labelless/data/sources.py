@@ -142,10 +142,10 @@ def holdout_parent(name: str) -> str:
 
 
 def splits_overlap(name: str, a: str, b: str) -> bool:
-    """Whether splits a and b of dataset `name` share images: the same split, or `fit`/`holdout` and the
-    split they are drawn from (a kNN bank must share none with its queries)."""
+    """Whether splits a and b of dataset `name` share images: the same split, `all` and any other, or
+    `fit`/`holdout` and the split they are drawn from (a kNN bank must share none with its queries)."""
     parent = holdout_parent(name)
-    return a == b or {a, b} in ({"fit", parent}, {"holdout", parent})
+    return a == b or "all" in (a, b) or {a, b} in ({"fit", parent}, {"holdout", parent})
 
 
 def _holdout_split(name: str, split: str, root: str | Path | None, download: bool, options: dict) -> ImageStore:
