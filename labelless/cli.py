@@ -221,7 +221,8 @@ def _train_and_evaluate(config, args: argparse.Namespace, k_range: range | None 
         also[split] = evaluate(run, other, split, config.dataset.name, tag=f"-{split}",
                                train_store=None if other is store else store, train_split=train_split)
     if not args.no_report:
-        write_report(run.run_dir, store=eval_store, split=eval_split, device=str(run.device))
+        write_report(run.run_dir, store=eval_store, split=eval_split, device=str(run.device),
+                     dataset=config.dataset.name)
     _print(_run_result(run, metrics, config.dataset.name, train_split, also, getattr(args, "set", None)), args.json)
     return 0
 
@@ -454,17 +455,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from labelless.report import write_report
+    from labelless.report.html import same_dataset
 
-    store = None
+    store, split = None, args.split
     if args.dataset:
+        from labelless.config import load_config
         from labelless.data.sources import load_dataset
         from labelless.predict import read_run_info
 
         options = _folder_options(args)
         if options and options["image_size"] is None:  # show the images as the model saw them
             options["image_size"] = read_run_info(args.run_dir).image_size[0]
-        store = load_dataset(args.dataset, split=args.split, root=args.data_root, **options)
-    path = write_report(args.run_dir, store=store, split=args.split)
+        if split is None:  # the run's own evaluation split for its own dataset, else the dataset's usual one
+            trained = load_config(Path(args.run_dir) / "config.yaml").dataset
+            split = (trained.eval_split if same_dataset(trained.name, args.dataset) else None) \
+                or _default_eval_split(args.dataset)
+        store = load_dataset(args.dataset, split=split, root=args.data_root, **options)
+    path = write_report(args.run_dir, store=store, split=split, dataset=args.dataset)
     print(path)
     return 0
 

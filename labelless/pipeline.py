@@ -425,9 +425,12 @@ def evaluate(run: Run, store: ImageStore, split: str, dataset: str, train_store:
         labels = store.labels.cpu().numpy()
         probs = probabilities.numpy() if probabilities is not None else None
         result.update(cluster_metrics(labels, predictions.numpy(), probs, CONFIDENT_THRESHOLD if probs is not None else None))
-        if run.labels_used and run.has_clusters:
+        if run.labels_used and run.has_clusters:  # cluster c was trained as class c: no matching, here too
             result["ACC_HUNGARIAN"] = result["ACC"]
-            result["ACC"] = float((predictions.numpy() == labels).mean())
+            correct = predictions.numpy() == labels
+            result["ACC"] = float(correct.mean())
+            if "ACC_CONFIDENT" in result:
+                result["ACC_CONFIDENT"] = float(correct[probs.max(1) > CONFIDENT_THRESHOLD].mean())
         # kNN needs a bank that holds none of the queries: a query finding itself would score 100%
         shared = train_store is store or (train_split is not None and splits_overlap(dataset, train_split, split))
         if features is not None and train_store is not None and shared and train_store is not store:

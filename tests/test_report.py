@@ -2,6 +2,7 @@
 (headless Chromium: a screenshot that is not blank, no console errors). Chromium comes from Debian's
 `chromium` package, which `.ci/run` installs; without it the browser test is skipped, saying so."""
 import base64
+import html
 import io
 import re
 import shutil
@@ -39,7 +40,8 @@ def test_report_is_self_contained_with_every_section(report):
     assert report.name == "report.html"
     for anchor in ("metrics", "clusters", "confusion", "map", "training"):
         assert f"id='{anchor}'" in page, anchor
-    assert "labels used in training</th><td>false" in page and "lowest training loss" in page
+    assert "labels used in training</th><td>false" in page
+    assert re.search(r"head \d of 10: the lowest mean training loss in stage 'cluster'", html.unescape(page))
     assert page.count("Cluster ") >= 10
     # nothing fetched from anywhere: no external src/href, every image a data URL
     assert not re.search(r"(src|href)=['\"](?!data:|#)", page)
@@ -47,6 +49,31 @@ def test_report_is_self_contained_with_every_section(report):
     assert len(sources) > 10 * 16
     for source in sources[:3] + sources[-3:]:
         Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1]))).verify()
+
+
+def test_an_embedding_run_is_reported_with_its_k_means_clusters_on_its_own_split(tmp_path, capsys):
+    """RotNet's last stage has no cluster head: `train` writes the report anyway (it failed after the
+    scores, without printing them, until 2026-12-07), with the k-means clusters it scored; `report
+    --dataset` without --split shows the run's evaluation split (holdout), not the dataset's default."""
+    config = tmp_path / "rot.yaml"
+    config.write_text("name: rot\ndataset: {name: digits, split: fit, eval_split: holdout}\n"
+                      "method: {name: rotnet, backbone: mlp}\ntrain: {epochs: 1, batch_size: 256, optimizer: adam}\n")
+    run_dir = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--device", "cpu", "--run-dir", str(run_dir), "--json"]) == 0
+    assert '"ACC"' in capsys.readouterr().out
+    for page in (run_dir / "report.html").read_text(encoding="utf-8"), None:
+        if page is None:
+            (run_dir / "report.html").unlink()
+            assert main(["report", str(run_dir), "--dataset", "digits"]) == 0
+            page = (run_dir / "report.html").read_text(encoding="utf-8")
+        page = html.unescape(page)
+        assert "digits, split 'holdout', 180 images" in page
+        assert "none: the last stage learns an embedding; clusters are k-means (K 10) on it" in page
+        assert "cosine similarity to the cluster" in page and "ACC_CONFIDENT" not in page
+    # the clusters shown are the ones scored: the saved predictions' cluster sizes appear in the cards
+    clusters = [int(line.split(",")[1]) for line in (run_dir / "predictions.csv").read_text().splitlines()[1:]]
+    for c in range(10):
+        assert f"{clusters.count(c)} images ({clusters.count(c) / 180:.1%})" in page, c
 
 
 def test_report_command_error_is_one_line(tmp_path, capsys):

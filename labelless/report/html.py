@@ -37,29 +37,32 @@ TSNE_DIMS, TSNE_ITERATIONS = 50, 500  # 500 iterations: the map's layout has set
 
 
 def write_report(run_dir: str | Path, store: ImageStore | None = None, split: str | None = None,
-                 tsne_points: int = 2000, seed: int = 0, device: str = "auto") -> Path:
+                 tsne_points: int = 2000, seed: int = 0, device: str = "auto", dataset: str | None = None) -> Path:
     """Write RUN_DIR/report.html and return its path.
 
-    `store`: the images to show and score; default the run's dataset at `split` (default: the run's
-    evaluation split, as `labelless run` scored it). `tsne_points`: how many images, sampled at
-    random, the 2-D map embeds (t-SNE is quadratic-ish; 2000 keeps it to seconds on a CPU).
+    `store`: the images to show and score, split `split` of `dataset` (default the run's own dataset);
+    without it, the run's dataset at `split` (default: the run's evaluation split, as `labelless run`
+    scored it). `tsne_points`: how many images, sampled at random, the 2-D map embeds (t-SNE is
+    quadratic-ish; 2000 keeps it to seconds on a CPU). A run whose last stage learns an embedding only
+    shows the k-means clusters that `evaluate` scored, each image's confidence its cosine similarity
+    to its cluster's centre.
     """
     start = time.perf_counter()
     run = load_run(run_dir, device=device)
+    dataset = dataset or run.config.dataset.name
     if store is None:
         store, split = _run_store(run, split)
     split = split or "given"
-    probabilities = _probabilities(run, store, split)
-    clusters = probabilities.argmax(1)
-    confidence = probabilities.max(1)
+    clusters, confidence, probabilities = _assignments(run, store, split, dataset)
     images = store.images.cpu().numpy()
     labels = store.labels.cpu().numpy() if store.labels is not None else None
     class_names = store.class_names or (None if labels is None else [str(c) for c in range(int(labels.max()) + 1)])
 
-    sections = [_header(run, store, split, len(clusters))]
+    sections = [_header(run, dataset, split, len(clusters), store)]
     if labels is not None:
-        sections.append(_metrics_section(run, labels, clusters, probabilities, split))
-    sections.append(_gallery_section(run.k, images, clusters, confidence, labels, class_names, store.paths))
+        sections.append(_metrics_section(run, labels, clusters, probabilities, split, dataset))
+    sections.append(_gallery_section(run.k, images, clusters, confidence, labels, class_names, store.paths,
+                                     probabilities is not None))
     if labels is not None:
         sections.append(_confusion_section(labels, clusters, run.k, class_names))
     sections.append(_map_section(run, store, clusters, tsne_points, seed))
@@ -87,13 +90,26 @@ def _run_store(run: Run, split: str | None) -> tuple[ImageStore, str]:
     return store, split
 
 
-def _probabilities(run: Run, store: ImageStore, split: str) -> np.ndarray:
-    """N×K: read back from predictions.csv when it scored this very split (no second forward pass
-    over a large test set), else predicted in batches."""
-    saved = _saved_probabilities(run, len(store), split)
-    if saved is not None:
-        return saved
-    return torch.cat([run.probabilities(store.images[i:i + BATCH]) for i in range(0, len(store), BATCH)]).numpy()
+def _assignments(run: Run, store: ImageStore, split: str,
+                 dataset: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Each image's cluster and confidence, and the N×K probabilities (None for an embedding-only run).
+    Read back from predictions.csv when it scored this very dataset and split (no second forward pass
+    over a large test set, and an embedding run's k-means clusters are the scored ones), else predicted
+    in batches."""
+    saved = _saved_predictions(run, len(store), split, dataset)
+    if run.has_clusters:
+        probabilities = saved[:, 2:] if saved is not None else torch.cat(
+            [run.probabilities(store.images[i:i + BATCH]) for i in range(0, len(store), BATCH)]).numpy()
+        return probabilities.argmax(1), probabilities.max(1), probabilities
+    from labelless.pipeline import kmeans_predictions
+
+    features = torch.nn.functional.normalize(
+        torch.cat([run.embed(store.images[i:i + BATCH]) for i in range(0, len(store), BATCH)]).float().cpu(), dim=1)
+    clusters = (torch.from_numpy(saved[:, 1]).long() if saved is not None
+                else kmeans_predictions(features, run.k, run.config.seed))
+    centres = torch.zeros(run.k, features.shape[1]).index_add_(0, clusters, features)
+    confidence = (features * torch.nn.functional.normalize(centres, dim=1)[clusters]).sum(1)
+    return clusters.numpy(), confidence.numpy(), None
 
 
 def _read_metrics_json(path: Path) -> dict | None:
@@ -110,31 +126,45 @@ def _read_metrics_json(path: Path) -> dict | None:
     return saved if isinstance(saved, dict) else None
 
 
-def _saved_probabilities(run: Run, n: int, split: str) -> np.ndarray | None:
+def same_dataset(a: object, b: str) -> bool:
+    """Dataset names alike, a folder's path compared resolved (a run stores it absolute)."""
+    def resolved(name: object) -> object:
+        if isinstance(name, str) and name.startswith("folder:"):
+            return "folder:" + str(Path(name[len("folder:"):]).expanduser().resolve())
+        return name
+    return resolved(a) == resolved(b)
+
+
+def _saved_predictions(run: Run, n: int, split: str, dataset: str) -> np.ndarray | None:
+    """predictions.csv as an N×(2 + K) table (index, cluster, probabilities; N×2 for an embedding run)
+    when metrics.json says it predicted this dataset's split of n images; else None."""
     csv_path = run.run_dir / "predictions.csv"
     scored = _read_metrics_json(run.run_dir / "metrics.json") if csv_path.is_file() else None
-    if scored is None or scored.get("split") != split or scored.get("n") != n:
+    if scored is None or scored.get("split") != split or scored.get("n") != n \
+            or not same_dataset(scored.get("dataset"), dataset):
         return None
     with open(csv_path, newline="", encoding="utf-8", errors="surrogateescape") as f:
         rows = list(csv.reader(f))
     if rows and rows[0][-1:] == ["path"]:  # a folder run names each row's file last
         rows = [row[:-1] for row in rows]
-    if not rows or rows[0][:2] != ["index", "cluster"] or len(rows[0]) != 2 + run.k or len(rows) - 1 != n:
+    columns = 2 + (run.k if run.has_clusters else 0)
+    if not rows or rows[0][:2] != ["index", "cluster"] or len(rows[0]) != columns or len(rows) - 1 != n:
         return None
     try:
         table = np.array(rows[1:], dtype=np.float64)
     except ValueError:  # a damaged file is a cache miss: the model predicts the split again
         return None
-    if not np.array_equal(table[:, 0], np.arange(n)):
+    if not np.array_equal(table[:, 0], np.arange(n)) or not ((0 <= table[:, 1]) & (table[:, 1] < run.k)).all():
         return None
-    return table[:, 2:]
+    return table
 
 
 # ------------------------------------------------------------------------------------------ sections
-def _header(run: Run, store: ImageStore, split: str, n: int) -> str:
+def _header(run: Run, dataset: str, split: str, n: int, store: ImageStore) -> str:
     stages = " → ".join(f"{s.name} ({s.method['name']}, {s.train.epochs} epochs)" for s in run.config.stages)
     height, width = run.image_size
-    rows = [("dataset", f"{run.config.dataset.name}, split '{split}', {n} images"),
+    trained = "" if same_dataset(dataset, run.config.dataset.name) else f" (trained on {run.config.dataset.name})"
+    rows = [("dataset", f"{dataset}, split '{split}', {n} images{trained}"),
             ("pipeline", stages), ("clusters (K)", run.k),
             ("input", f"{width}×{height}, {run.channels} channel{'s' if run.channels > 1 else ''}"),
             ("seed", run.config.seed), ("run directory", run.run_dir.resolve())]
@@ -144,14 +174,16 @@ def _header(run: Run, store: ImageStore, split: str, n: int) -> str:
             + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows) + "</table>")
 
 
-def _metrics_section(run: Run, labels: np.ndarray, clusters: np.ndarray, probabilities: np.ndarray,
-                     split: str) -> str:
-    metrics = cluster_metrics(labels, clusters, probabilities, 0.9)
-    per_head = (_read_metrics_json(run.run_dir / "metrics.json") or {}).get("ACC_PER_HEAD")
+def _metrics_section(run: Run, labels: np.ndarray, clusters: np.ndarray, probabilities: np.ndarray | None,
+                     split: str, dataset: str) -> str:
+    metrics = cluster_metrics(labels, clusters, probabilities, 0.9 if probabilities is not None else None)
+    saved = _read_metrics_json(run.run_dir / "metrics.json") or {}
+    same = (saved.get("split"), saved.get("n")) == (split, len(labels)) and same_dataset(saved.get("dataset"), dataset)
+    per_head = saved.get("ACC_PER_HEAD") if same else None  # scored on this very split only
     labelled = run.config.labelled_fraction
     protocol = [
         ("split scored", f"{split} ({len(labels)} images)"),
-        ("head selection", "lowest training loss (multi-head methods); no label involved"),
+        ("head selection", _head_selection(run, saved)),
         ("labels used in training", "false" if not run.labels_used else
          f"true: {labelled:.1%} of the images" if labelled else "true: every training image (supervised reference)"),
         ("cluster → class mapping", "Hungarian (one-to-one) for ACC; majority vote for ACC_VOTE"
@@ -164,12 +196,24 @@ def _metrics_section(run: Run, labels: np.ndarray, clusters: np.ndarray, probabi
     return ("<section id='metrics'><h2>Metrics</h2><div class='row'><table class='metrics'>" + cells + "</table>"
             "<table class='facts'><caption>Protocol</caption>"
             + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in protocol)
-            + "</table></div><p class='note'>CONFIDENT_FRACTION / ACC_CONFIDENT: images whose top probability is "
-              "above 0.9.</p></section>")
+            + "</table></div>" + ("<p class='note'>CONFIDENT_FRACTION / ACC_CONFIDENT: images whose top probability "
+                                  "is above 0.9.</p>" if probabilities is not None else "") + "</section>")
+
+
+def _head_selection(run: Run, saved: dict) -> str:
+    """What chose the clusters shown, from the run's metrics.json (any split: the choice is the run's)."""
+    if not run.has_clusters:
+        return f"none: the last stage learns an embedding; clusters are k-means (K {run.k}) on it"
+    losses = saved.get("head_losses")
+    if isinstance(losses, list) and "chosen_head" in saved:
+        return (f"head {saved['chosen_head']} of {len(losses)}: the lowest mean training loss in stage "
+                f"'{saved.get('chosen_head_stage')}'; no label involved")
+    return "lowest training loss (multi-head methods); no label involved"
 
 
 def _gallery_section(k: int, images: np.ndarray, clusters: np.ndarray, confidence: np.ndarray,
-                     labels: np.ndarray | None, class_names: list[str] | None, paths: list[str] | None) -> str:
+                     labels: np.ndarray | None, class_names: list[str] | None, paths: list[str] | None,
+                     probabilities: bool = True) -> str:
     sizes = np.bincount(clusters, minlength=k)
     cards = []
     for c in range(k):
@@ -191,8 +235,10 @@ def _gallery_section(k: int, images: np.ndarray, clusters: np.ndarray, confidenc
                      + (f"<div class='label'>least confident</div>"
                         f"{_thumbs(worst, images, confidence, labels, class_names, paths)}" if len(worst) else "")
                      + "</div>")
+    meaning = ("the top cluster probability" if probabilities else
+               "the cosine similarity to the cluster's k-means centre")
     return ("<section id='clusters'><h2>Clusters</h2><p class='note'>Each cluster's 16 most and 8 least confident "
-            "images (confidence = the top cluster probability; hover for details).</p>"
+            f"images (confidence = {meaning}; hover for details).</p>"
             f"<div class='cards'>{''.join(cards)}</div></section>")
 
 
