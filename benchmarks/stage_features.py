@@ -189,15 +189,10 @@ def probe_scores(train_features, train_labels, test_features, test_labels, C: fl
 
 
 # ------------------------------------------------------------------------------------------ the job
-def _default_split(dataset: str) -> str:
-    return "all" if dataset == "digits" or dataset.startswith("folder:") else "test"
-
-
 def _training_split(config) -> str:
-    from labelless.data.sources import DEFAULT_SPLIT
+    from labelless.data.sources import default_train_split
 
-    name = config.dataset.name
-    return config.dataset.split or ("all" if name.startswith("folder:") else DEFAULT_SPLIT.get(name, "train"))
+    return config.dataset.split or default_train_split(config.dataset.name)
 
 
 def _load_labelled(dataset: str, split: str, root, options: dict, what: str):
@@ -218,6 +213,7 @@ def _check_fits(store, run, dataset: str, split: str) -> None:
 
 def evaluate_stage(args: argparse.Namespace, command: str) -> dict:
     from labelless.config import load_config
+    from labelless.data.sources import default_eval_split
     from labelless.predict import load_stage
     from labelless.provenance import device_name, stamp
     from labelless.train import resolve_device
@@ -246,7 +242,7 @@ def evaluate_stage(args: argparse.Namespace, command: str) -> dict:
     dataset = args.dataset or config.dataset.name
     root = args.data_root or config.dataset.root
     options = config.dataset.options if dataset == config.dataset.name else {}
-    split = args.split or config.dataset.eval_split or _default_split(dataset)
+    split = args.split or config.dataset.eval_split or default_eval_split(dataset)
     device = resolve_device(args.device)
     progress = not args.json and sys.stderr.isatty()
 

@@ -28,6 +28,7 @@ import torch
 from labelless.config import load_config, method_label
 from labelless.provenance import device_name, stamp
 from labelless.data import load_dataset
+from labelless.data.sources import default_eval_split, default_train_split
 from labelless.pipeline import evaluate, train
 
 RESULT_METRICS = ("ACC", "ACC_VOTE", "NMI", "ARI")
@@ -51,22 +52,22 @@ def main() -> None:
         order = torch.randperm(len(store), generator=torch.Generator().manual_seed(args.seed))
         store = store.subset(order[: args.subsample].sort().values)
     run = train(config, args.run_dir or Path("runs") / config.name, progress=False, store=store)
-    eval_split = dataset.eval_split or "test"
+    eval_split = dataset.eval_split or default_eval_split(dataset.name)
     metrics = evaluate(run, load_dataset(dataset.name, split=eval_split, root=dataset.root), eval_split, dataset.name)
     stages = config.stages
     record = {
         "method": method_label(stages),
         "dataset": dataset.name,
         "split": eval_split,
-        "train_split": dataset.split or "train",
+        "train_split": dataset.split or default_train_split(dataset.name),
         "subsample": args.subsample,
         "n_train": len(store),
         "epochs": stages[0].train.epochs if len(stages) == 1 else {s.name: s.train.epochs for s in stages},
         "seeds": [args.seed],
         "metrics": {key: round(metrics[key], 4) for key in RESULT_METRICS if key in metrics},
-        "head_selection": "lowest_loss" if "ACC_PER_HEAD" in metrics else "single_head",
+        "head_selection": run.head_selection,
         "acc_per_head": metrics.get("ACC_PER_HEAD"),
-        "labels_used_in_training": any(bool(s.method.get("uses_labels")) for s in stages),
+        "labels_used_in_training": run.labels_used,
         "device": device_name(str(run.device)),
         "wall_seconds": round(time.perf_counter() - PROCESS_START, 1),
         "train_seconds": round(run.seconds, 1),

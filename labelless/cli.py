@@ -179,7 +179,7 @@ def _run_result(run, metrics: dict, dataset: str, train_split: str, also: dict |
 
 
 def _train_and_evaluate(config, args: argparse.Namespace, k_range: range | None = None) -> int:
-    from labelless.data.sources import DEFAULT_SPLIT, load_dataset
+    from labelless.data.sources import default_eval_split, default_train_split, load_dataset
     from labelless.pipeline import evaluate, train
     from labelless.report import write_report
     from labelless.train import end_distributed
@@ -191,9 +191,8 @@ def _train_and_evaluate(config, args: argparse.Namespace, k_range: range | None 
     check_run_dir(Path(args.run_dir), config, args.resume)  # before the images are read
     store = load_dataset(config.dataset.name, split=config.dataset.split, root=config.dataset.root,
                          **config.dataset.options)
-    eval_split = config.dataset.eval_split or _default_eval_split(config.dataset.name)
-    train_split = config.dataset.split or ("all" if config.dataset.name.startswith("folder:")
-                                           else DEFAULT_SPLIT.get(config.dataset.name, "train"))
+    eval_split = config.dataset.eval_split or default_eval_split(config.dataset.name)
+    train_split = config.dataset.split or default_train_split(config.dataset.name)
     # loaded before training, so that a split that does not exist fails in a second, not after the run
     eval_store = store if eval_split == train_split else load_dataset(config.dataset.name, split=eval_split,
                                                                       root=config.dataset.root)
@@ -225,10 +224,6 @@ def _train_and_evaluate(config, args: argparse.Namespace, k_range: range | None 
                      dataset=config.dataset.name)
     _print(_run_result(run, metrics, config.dataset.name, train_split, also, getattr(args, "set", None)), args.json)
     return 0
-
-
-def _default_eval_split(dataset: str) -> str:
-    return "all" if dataset == "digits" or dataset.startswith("folder:") else "test"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -291,7 +286,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from labelless.data.sources import load_dataset
+    from labelless.data.sources import default_eval_split, load_dataset
     from labelless.evaluate.metrics import cluster_metrics
 
     path = Path(args.predictions)
@@ -300,7 +295,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise UserError(f"no predictions file at {path}")
     index, clusters, probabilities = _read_predictions(path)
-    split = args.split or _default_eval_split(args.dataset)  # the split scored is the split recorded
+    split = args.split or default_eval_split(args.dataset)  # the split scored is the split recorded
     store = load_dataset(args.dataset, split=split, root=args.data_root, **_folder_options(args))
     if store.labels is None:
         raise UserError(f"dataset '{args.dataset}' has no labels to evaluate against")
@@ -460,7 +455,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     store, split = None, args.split
     if args.dataset:
         from labelless.config import load_config
-        from labelless.data.sources import load_dataset
+        from labelless.data.sources import default_eval_split, load_dataset
         from labelless.predict import read_run_info
 
         options = _folder_options(args)
@@ -469,7 +464,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         if split is None:  # the run's own evaluation split for its own dataset, else the dataset's usual one
             trained = load_config(Path(args.run_dir) / "config.yaml").dataset
             split = (trained.eval_split if same_dataset(trained.name, args.dataset) else None) \
-                or _default_eval_split(args.dataset)
+                or default_eval_split(args.dataset)
         store = load_dataset(args.dataset, split=split, root=args.data_root, **options)
     path = write_report(args.run_dir, store=store, split=split, dataset=args.dataset)
     print(path)

@@ -136,9 +136,18 @@ def holdout_rows(n: int) -> torch.Tensor:
     return permutation[:size].sort().values
 
 
-def holdout_parent(name: str) -> str:
-    """The split of dataset `name` that `fit` and `holdout` divide: `train`, or `all` for digits and folders."""
+def default_train_split(name: str) -> str:
+    """The split a run of dataset `name` trains on unless told: `train`, or `all` for digits and folders
+    (they have no other). It is also the split that `fit` and `holdout` divide."""
     return DEFAULT_SPLIT.get("folder" if name.startswith("folder:") else name, "train")
+
+
+def default_eval_split(name: str) -> str:
+    """The split a run of dataset `name` is scored on unless told: `test`, or `all` where there is no other."""
+    return "all" if default_train_split(name) == "all" else "test"
+
+
+holdout_parent = default_train_split
 
 
 def splits_overlap(name: str, a: str, b: str) -> bool:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from labelless.data.sources import DEFAULT_SPLIT, load_dataset
+from labelless.data.sources import default_eval_split, default_train_split, load_dataset
 from labelless.data.stores import ImageStore
 from labelless.evaluate.metrics import (
     cluster_metrics,
@@ -77,11 +77,8 @@ def write_report(run_dir: str | Path, store: ImageStore | None = None, split: st
 def _run_store(run: Run, split: str | None) -> tuple[ImageStore, str]:
     """The run's dataset at its evaluation split (folders: read at the run's input size)."""
     dataset = run.config.dataset
-    train_split = dataset.split or ("all" if dataset.name.startswith("folder:")
-                                    else DEFAULT_SPLIT.get(dataset.name, "train"))
-    eval_split = dataset.eval_split or ("all" if dataset.name == "digits" or dataset.name.startswith("folder:")
-                                        else "test")
-    split = split or eval_split
+    train_split = dataset.split or default_train_split(dataset.name)
+    split = split or dataset.eval_split or default_eval_split(dataset.name)
     options = dict(dataset.options) if split == train_split else {}
     if dataset.name.startswith("folder:"):
         options["image_size"] = run.image_size[0]
