@@ -544,7 +544,7 @@ class Trainer:
         # Epochs of a few steps (a small folder trains hundreds of them) share one bar counting epochs;
         # longer epochs get a bar each, counting steps.
         stage_bar = self._progress_bar(epoch, self.train.epochs, "epoch") \
-            if self.steps_per_epoch < STEPS_FOR_A_BAR_PER_EPOCH else None
+            if self.steps_per_epoch < STEPS_FOR_A_BAR_PER_EPOCH and epoch < self.train.epochs else None
         try:
             clock = _StageClock(self.steps_per_epoch * (self.train.epochs - epoch))
             for epoch in range(epoch, self.train.epochs):
