@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
                       **({"chained_calls": r["chained_calls"]} if args.time_limit is not None else {})}
                      for r in runs],
         **_also_scored(runs),
-        "head_selection": first.get("head_selection", "lowest_loss"),
+        "head_selection": first.get("head_selection", "none"),  # a baseline has no head to choose
         "labels_used_in_training": first["labels_used_in_training"],
         **({"labelled_fraction": first["labelled_fraction"]} if "labelled_fraction" in first else {}),
         "device": first["device"],

@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                                            "neighbour_agreement", "device")},
                       **({"ACC_HUNGARIAN": r["ACC_HUNGARIAN"]} if "ACC_HUNGARIAN" in r else {})} for r in runs],
         "within_budget": all(r["wall_seconds"] - r["curve_seconds"] <= budget_s for r in runs),
-        "head_selection": runs[0].get("head_selection", "lowest_loss"), "labels_used_in_training": any(r.get("labels_used", False) for r in runs),
+        "head_selection": runs[0]["head_selection"], "labels_used_in_training": any(r.get("labels_used", False) for r in runs),
         "device": device_of(runs),
         "wall_seconds": round(statistics.mean(r["wall_seconds"] - r["curve_seconds"] for r in runs), 1),
         "wall_clock": f"from process spawn to the final {scored_split} evaluation, curve side channel excluded"
