@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 import warnings
@@ -179,13 +178,12 @@ def _run_result(run, metrics: dict, dataset: str, train_split: str, also: dict |
 
 
 def _train_and_evaluate(config, args: argparse.Namespace, k_range: range | None = None) -> int:
-    from labelless.data.sources import default_eval_split, default_train_split, load_dataset
+    from labelless.data.sources import canonical_name, default_eval_split, default_train_split, load_dataset
     from labelless.pipeline import evaluate, train
     from labelless.report import write_report
     from labelless.train import end_distributed
 
-    if config.dataset.name.startswith("folder:") and config.dataset.name != "folder:":  # absolute, so that `report` and --resume work from anywhere
-        config.dataset.name = "folder:" + os.path.abspath(os.path.expanduser(config.dataset.name[len("folder:"):]))
+    config.dataset.name = canonical_name(config.dataset.name)  # a folder absolute: report, --resume from anywhere
     from labelless.pipeline import check_run_dir
 
     check_run_dir(Path(args.run_dir), config, args.resume)  # before the images are read
@@ -449,8 +447,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from labelless.data.sources import same_dataset
     from labelless.report import write_report
-    from labelless.report.html import same_dataset
 
     store, split = None, args.split
     if args.dataset:

@@ -432,11 +432,11 @@ def evaluate(run: Run, store: ImageStore, split: str, dataset: str, train_store:
             if "ACC_CONFIDENT" in result:
                 result["ACC_CONFIDENT"] = float(correct[probs.max(1) > CONFIDENT_THRESHOLD].mean())
         # kNN needs a bank that holds none of the queries: a query finding itself would score 100%
-        shared = train_store is store or (train_split is not None and splits_overlap(dataset, train_split, split))
-        if features is not None and train_store is not None and shared and train_store is not store:
+        other_store = features is not None and train_store is not None and train_store is not store
+        if other_store and train_split is not None and splits_overlap(dataset, train_split, split):
             result["knn_bank"] = f"none: the scored split '{split}' shares images with the training split " \
                                  f"'{train_split}', so no KNN"
-        if features is not None and train_store is not None and not shared and train_store.labels is not None:
+        elif other_store and train_store.labels is not None:
             bank = run.method.knn_bank()
             if bank is not None and len(bank) == len(train_store):  # the method's own (Super-AND: memory bank)
                 bank, result["knn_bank"] = bank.detach().float().cpu(), "the method's memory bank"

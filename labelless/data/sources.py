@@ -150,6 +150,19 @@ def default_eval_split(name: str) -> str:
 holdout_parent = default_train_split
 
 
+def canonical_name(name: str) -> str:
+    """A dataset name as a run records it: a folder's path made absolute (`~` expanded), so that `report`
+    and `--resume` work from anywhere and two spellings of one folder compare equal."""
+    if name.startswith("folder:") and name != "folder:":
+        return "folder:" + os.path.abspath(os.path.expanduser(name[len("folder:"):]))
+    return name
+
+
+def same_dataset(a: object, b: str) -> bool:
+    """Whether two dataset names (a may be a value read from a file) name the same dataset."""
+    return isinstance(a, str) and canonical_name(a) == canonical_name(b)
+
+
 def splits_overlap(name: str, a: str, b: str) -> bool:
     """Whether splits a and b of dataset `name` share images: the same split, `all` and any other, or
     `fit`/`holdout` and the split they are drawn from (a kNN bank must share none with its queries)."""

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from labelless.data.sources import default_eval_split, default_train_split, load_dataset
+from labelless.data.sources import default_eval_split, default_train_split, load_dataset, same_dataset
 from labelless.data.stores import ImageStore
 from labelless.evaluate.metrics import (
     cluster_metrics,
@@ -100,8 +100,7 @@ def _assignments(run: Run, store: ImageStore, split: str,
         return probabilities.argmax(1), probabilities.max(1), probabilities
     from labelless.pipeline import kmeans_predictions
 
-    features = torch.nn.functional.normalize(
-        torch.cat([run.embed(store.images[i:i + BATCH]) for i in range(0, len(store), BATCH)]).float().cpu(), dim=1)
+    features = torch.nn.functional.normalize(run.embed(store.images), dim=1)  # embed works in chunks itself
     clusters = (torch.from_numpy(saved[:, 1]).long() if saved is not None
                 else kmeans_predictions(features, run.k, run.config.seed))
     centres = torch.zeros(run.k, features.shape[1]).index_add_(0, clusters, features)
@@ -121,15 +120,6 @@ def _read_metrics_json(path: Path) -> dict | None:
               file=sys.stderr)
         return None
     return saved if isinstance(saved, dict) else None
-
-
-def same_dataset(a: object, b: str) -> bool:
-    """Dataset names alike, a folder's path compared resolved (a run stores it absolute)."""
-    def resolved(name: object) -> object:
-        if isinstance(name, str) and name.startswith("folder:"):
-            return "folder:" + str(Path(name[len("folder:"):]).expanduser().resolve())
-        return name
-    return resolved(a) == resolved(b)
 
 
 def _saved_predictions(run: Run, n: int, split: str, dataset: str) -> np.ndarray | None:
