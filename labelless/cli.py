@@ -288,7 +288,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from labelless.evaluate.metrics import cluster_metrics
 
     path = Path(args.predictions)
+    run_k = None  # K of the run whose directory was given: run.json records it
     if path.is_dir():
+        run_k = _recorded_k(path / "run.json")
         path = path / "predictions.csv"
     if not path.is_file():
         raise UserError(f"no predictions file at {path}")
@@ -304,10 +306,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"labelless: warning: {path} predicts {len(index)} of the {len(store)} images of that split: "
               f"the scores cover those {len(index)} only", file=sys.stderr)
     metrics = cluster_metrics(labels, clusters, probabilities, 0.9 if probabilities is not None else None)
-    k = probabilities.shape[1] if probabilities is not None else int(np.unique(clusters).size)
-    _print({**metrics, "n": len(index), "k": k, "split": split,
+    # K is the width of the probability columns, else the run's recorded K; a bare CSV of clusters only
+    # tells how many clusters it uses (fewer than K when some stayed empty), so that is what is said
+    k = probabilities.shape[1] if probabilities is not None else run_k
+    _print({**metrics, "n": len(index), **({"k": k} if k is not None else {}),
+            "clusters_used": int(np.unique(clusters).size), "split": split,
             "dataset": args.dataset, "seconds": time.perf_counter() - START}, args.json)
     return 0
+
+
+def _recorded_k(path: Path) -> int | None:
+    """The K a run directory's run.json records, or None when it is missing or unreadable."""
+    try:
+        k = json.loads(path.read_text(encoding="utf-8")).get("k")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return k if isinstance(k, int) else None
 
 
 def _read_predictions(path: Path):

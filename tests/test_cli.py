@@ -39,7 +39,9 @@ def test_run_on_digits_writes_the_run_directory_and_json(capsys, tmp_path):
         assert (tmp_path / name).exists(), name
     # the written predictions score the same through `evaluate`
     code, out, _ = run_cli(capsys, "evaluate", str(tmp_path), "--dataset", "digits", "--json")
-    assert code == 0 and json.loads(out)["ACC"] == pytest.approx(result["ACC"])
+    scored = json.loads(out)
+    assert code == 0 and scored["ACC"] == pytest.approx(result["ACC"])
+    assert scored["k"] == 10 and 1 <= scored["clusters_used"] <= 10  # K from run.json, not from the clusters used
 
 
 def test_evaluate_a_hand_written_csv(capsys, tmp_path):
@@ -51,6 +53,10 @@ def test_evaluate_a_hand_written_csv(capsys, tmp_path):
     code, out, _ = run_cli(capsys, "evaluate", str(csv), "--dataset", "digits", "--json")
     result = json.loads(out)
     assert code == 0 and result["ACC"] == 1.0 and result["NMI"] == pytest.approx(1.0) and result["n"] == 100
+    assert result["clusters_used"] == 10 and "k" not in result  # a CSV of clusters alone does not say K
+    csv.write_text("index,cluster\n" + "".join(f"{i},{int(y) % 3}\n" for i, y in enumerate(labels)))
+    code, out, _ = run_cli(capsys, "evaluate", str(csv), "--dataset", "digits", "--json")
+    assert code == 0 and json.loads(out)["clusters_used"] == 3
 
 
 def test_evaluate_without_split_scores_and_records_the_test_split(capsys, cifar10_root):
