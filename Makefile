@@ -15,5 +15,6 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/labelless run --dataset digits
 
+# pytest-xdist: one worker a core, at most 4 (each holds up to ~2 GB); `pytest -q` runs the same tests in one process
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --maxprocesses 4

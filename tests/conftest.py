@@ -12,6 +12,13 @@ import torch
 from labelless.data.sources import CIFAR10_CLASSES
 
 
+def pytest_collection_modifyitems(items: list) -> None:
+    """The benchmark scripts' tests (each a chain of subprocesses, up to ~1.5 min) first, the rest in
+    their usual order: `make test` shares the tests among pytest-xdist workers, and a long test taken
+    last would leave the other workers idle while it runs."""
+    items.sort(key=lambda item: not item.path.name.endswith("_benchmark.py"))
+
+
 @pytest.fixture(autouse=True)
 def _one_thread_per_test():
     """Tests run side by side with other work on 2 cores: competing intra-op threads made small

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import warnings
 from pathlib import Path
 
@@ -75,7 +76,9 @@ def _by_run_name(name: str) -> Path:
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(PROJECT_CONFIGS)))
 def test_config_trains_every_stage_and_evaluates(path: Path, tmp_path):
-    torch.set_num_threads(2)  # ResNet-18 steps dominate the suite's time here; conftest restores one thread
+    # ResNet-18 steps dominate the suite's time here: two threads when the suite runs in one process, one
+    # in each of pytest-xdist's workers (which already keep both cores busy); conftest restores one thread
+    torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
     config = _smoke(load_config(path))
     store = _random_store(config.dataset.name)
     with warnings.catch_warnings():
