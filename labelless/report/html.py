@@ -32,7 +32,6 @@ from labelless.predict import load_run
 from labelless.report import plots
 
 MOST_CONFIDENT, LEAST_CONFIDENT = 16, 8
-BATCH = 512
 TSNE_DIMS, TSNE_ITERATIONS = 50, 500  # 500 iterations: the map's layout has settled; halves the time
 
 
@@ -95,8 +94,7 @@ def _assignments(run: Run, store: ImageStore, split: str,
     in batches."""
     saved = _saved_predictions(run, len(store), split, dataset)
     if run.has_clusters:
-        probabilities = saved[:, 2:] if saved is not None else torch.cat(
-            [run.probabilities(store.images[i:i + BATCH]) for i in range(0, len(store), BATCH)]).numpy()
+        probabilities = saved[:, 2:] if saved is not None else run.probabilities(store.images).numpy()
         return probabilities.argmax(1), probabilities.max(1), probabilities
     from labelless.pipeline import kmeans_predictions
 
@@ -261,14 +259,14 @@ def _map_section(run: Run, store: ImageStore, clusters: np.ndarray, points: int,
     sample = np.sort(rng.choice(len(store), size=min(points, len(store)), replace=False))
     if len(sample) < 5:
         return ""
-    index = torch.from_numpy(sample)
-    features = torch.cat([run.embed(store.images[index[i:i + BATCH]]) for i in range(0, len(index), BATCH)]).numpy()
+    images = store.images[torch.from_numpy(sample)]
+    features = run.embed(images).numpy()  # embed works in chunks itself
     features = features.reshape(len(features), -1)
     if min(features.shape) > TSNE_DIMS:  # the usual PCA first: t-SNE's neighbour search is cheaper in 50-D
         features = PCA(TSNE_DIMS, random_state=seed).fit_transform(features)
     xy = TSNE(n_components=2, init="pca", perplexity=min(30.0, (len(sample) - 1) / 3), max_iter=TSNE_ITERATIONS,
               random_state=seed).fit_transform(features)
-    png = plots.embedding_map(xy, clusters[sample], run.k, store.images[index].cpu().numpy(), seed=seed)
+    png = plots.embedding_map(xy, clusters[sample], run.k, images.cpu().numpy(), seed=seed)
     return ("<section id='map'><h2>Embedding map</h2>"
             f"<p class='note'>t-SNE (scikit-learn) of the final model's embedding for {len(sample)} images sampled "
             "at random, coloured by cluster; a few points show their image.</p>"
