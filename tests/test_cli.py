@@ -60,7 +60,8 @@ def test_evaluate_a_hand_written_csv(capsys, tmp_path):
     csv.rename(tmp_path / "predictions.csv")  # the same clusters as a run directory's, whose run.json says K 10
     (tmp_path / "run.json").write_text(json.dumps({"k": 10, "image_size": [8, 8], "channels": 1}))
     code, out, _ = run_cli(capsys, "evaluate", str(tmp_path), "--dataset", "digits", "--json")
-    assert code == 0 and (json.loads(out)["k"], json.loads(out)["clusters_used"]) == (10, 3)
+    scored = json.loads(out)
+    assert code == 0 and (scored["k"], scored["clusters_used"]) == (10, 3)
 
 
 def test_evaluate_without_split_scores_and_records_the_test_split(capsys, cifar10_root):
